@@ -1,0 +1,51 @@
+"""gunicorn settings for gemini-proxy: `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+Each setting can be overridden from the environment (see the README's settings table).
+No monkey-patching here: the gevent worker class patches the worker itself, and nothing
+is preloaded, so no CLI process, pipe or greenlet is ever created in the master.
+"""
+
+import os
+
+
+def _env(name, default):
+    value = os.environ.get(name)
+    return default if value in (None, "") else value
+
+
+# Localhost by default: on a shared host anything else needs PROXY_API_KEYS.
+bind = f"{_env('BIND_ADDRESS', '127.0.0.1')}:{_env('PORT', '8765')}"
+
+# gevent: one worker serves many concurrent streams, each waiting on its CLI's pipe.
+worker_class = "gevent"
+
+# A worker costs ~60 MB; the CLI runs (~250 MB each) are what matter. Two workers keep the
+# service up if one restarts; more add little, since one already holds hundreds of streams.
+workers = int(_env("WORKERS", "2"))
+
+# Simultaneous connections per worker (streams, health checks, queued requests).
+worker_connections = int(_env("WORKER_CONNECTIONS", "1000"))
+
+# With gevent, `timeout` only catches a worker whose loop is blocked, not a long request;
+# the proxy keeps its own per-request deadline (PROXY_REQUEST_TIMEOUT).
+timeout = int(_env("GUNICORN_TIMEOUT", "60"))
+
+# On restart or SIGTERM, in-flight streams get as long as the request deadline to finish;
+# after that the workers exit and each kills the CLIs it still owns. Service managers'
+# stop timeouts (deploy/) are set above this.
+_request_timeout = float(_env("PROXY_REQUEST_TIMEOUT", "300"))
+graceful_timeout = int(_request_timeout) + 15
+
+# Streams are long-lived; keep-alive between requests stays short.
+keepalive = 5
+
+preload_app = False
+
+# Access log off by default: the app logs one line per chat request with its timings.
+accesslog = _env("ACCESS_LOG", None)
+errorlog = "-"
+loglevel = _env("LOG_LEVEL", "info")
+
+# gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl), which
+# several instances on one host would fight over; nothing here uses it.
+control_socket_disable = True

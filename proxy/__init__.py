@@ -1,0 +1,67 @@
+"""gemini-proxy: an OpenAI-compatible gateway that answers through the headless gemini CLI."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from . import chat, errors, models
+from .config import finish_settings, load_settings
+from .timing import RequestTiming
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then `test_config`; then blueprints."""
+    app = Flask(__name__)
+    settings = load_settings()
+    settings.update(test_config or {})
+    app.config.update(finish_settings(settings))
+    app.config["MAX_CONTENT_LENGTH"] = app.config["PROXY_MAX_BODY_BYTES"] or None
+    app.config["STARTED_AT"] = int(time.time())
+    configure_request_log()
+
+    app.register_blueprint(errors.bp)
+    app.register_blueprint(models.bp)
+    app.register_blueprint(chat.bp)
+    app.before_request(start_request)
+    app.after_request(end_request)
+    return app
+
+
+def configure_request_log() -> None:
+    """The per-request line goes to stdout, as the original design promised."""
+    logger = logging.getLogger("proxy.requests")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def start_request() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    g.request_id = incoming if _REQUEST_ID.match(incoming) else f"req-{secrets.token_hex(8)}"
+    g.started_monotonic = time.monotonic()
+    if request.endpoint == "chat.create_chat_completion":
+        g.timing = RequestTiming(g.request_id)
+
+
+def end_request(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "-")
+    timing: RequestTiming | None = g.get("timing")
+    if timing is not None and not response.is_streamed:
+        # A streamed body is still to be sent: the stream records and logs its own end.
+        timing.finish(response.status_code, None if response.status_code < 400 else "error")
+        timing.emit()
+        response.headers["Server-Timing"] = timing.server_timing()
+    return response

@@ -1,0 +1,191 @@
+"""POST /v1/chat/completions: one headless gemini run per request, streamed or not."""
+
+from __future__ import annotations
+
+import secrets
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+from itertools import chain
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from .answer import ClientGone, Deadlines, Delta, Finished, Silence, read_answer
+from .chat_request import ChatRequest
+from .cli_home import cli_settings, find_user_auth, write_cli_home
+from .cli_run import CliRun
+from .errors import ApiError, no_retry_headers
+from .openai_format import to_chunk, to_completion, to_usage_chunk
+from .prompt import MAX_PROMPT_BYTES, Prompt, build_prompt
+from .sse import DONE, HEARTBEAT, sse_data
+from .timing import RequestTiming
+
+bp = Blueprint("chat", __name__)
+
+
+@bp.post("/v1/chat/completions")
+def create_chat_completion():
+    """Answer an OpenAI chat completion request through one gemini CLI run."""
+    config = current_app.config
+    timing: RequestTiming = g.timing
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise ApiError(400, "The request body is not valid JSON.", code="invalid_json")
+    chat = ChatRequest.from_json(body, config["MODELS"])
+    timing.model, timing.stream = chat.model, chat.stream
+    prompt = build_prompt(chat, config["PROXY_DEFAULT_SYSTEM_PROMPT"])
+    if len(prompt.text.encode("utf-8")) > MAX_PROMPT_BYTES:
+        raise ApiError(413, "The conversation is longer than the gemini CLI's 8 MB input limit.",
+                       code="context_length_exceeded", param="messages")
+    run = start_run(chat, prompt)
+    try:
+        timing.spawn_ms = run.spawn_ms
+        answer = read_answer(
+            run, model=chat.model, cli_model=chat.cli_model,
+            deadlines=Deadlines(g.started_monotonic, config["PROXY_REQUEST_TIMEOUT"],
+                                config["PROXY_FIRST_TOKEN_TIMEOUT"]),
+            heartbeat=config["PROXY_HEARTBEAT_INTERVAL"], client_gone=client_gone_check(request.environ),
+        )
+        if chat.stream:
+            return stream_response(chat, run, answer, timing)
+        return completion_response(chat, run, answer, timing)
+    except BaseException:
+        run.close()
+        timing.exit_code = run.returncode
+        raise
+
+
+def start_run(chat: ChatRequest, prompt: Prompt) -> CliRun:
+    """Spawn the CLI for this request, or raise the ApiError that says why it cannot run."""
+    config = current_app.config
+    gemini_bin = config["GEMINI_BIN"]
+    if not gemini_bin:
+        raise gemini_not_found(None)
+    auth = find_user_auth(config["PROXY_GEMINI_CONFIG"])
+    if auth.problem:
+        raise ApiError(503, auth.problem, code="gemini_auth_missing", headers=no_retry_headers())
+    run = CliRun(config["PROXY_RUN_DIR"], config["PROXY_KILL_GRACE"])
+    try:
+        write_cli_home(run.home, cli_settings(auth.auth_type, config["PROXY_CLI_MAX_ATTEMPTS"],
+                                              config["PROXY_TOOLS"]), auth)
+        run.spawn(gemini_bin, chat.cli_model, prompt.system_text)
+        run.feed(prompt.text, prompt.images)
+    except (FileNotFoundError, PermissionError) as exc:
+        run.close()
+        raise gemini_not_found(gemini_bin) from exc
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
+def gemini_not_found(gemini_bin: str | None) -> ApiError:
+    where = f"`{gemini_bin}` could not be run" if gemini_bin else "no `gemini` on PATH"
+    return ApiError(503, f"The gemini CLI was not found ({where}). Install it (`npm install -g "
+                    "@google/gemini-cli`, or `npm ci` in the proxy's folder) or set GEMINI_BIN.",
+                    code="gemini_not_found", headers=no_retry_headers())
+
+
+def completion_response(chat: ChatRequest, run: CliRun, answer: Iterator, timing: RequestTiming) -> Response:
+    """The whole answer as one chat.completion."""
+    try:
+        texts: list[str] = []
+        finished = Finished("stop", None)
+        for item in answer:
+            if isinstance(item, Delta):
+                timing.token()
+                texts.append(item.text)
+            elif isinstance(item, Finished):
+                finished = item
+    except ClientGone:
+        timing.outcome = "client_closed"
+        return Response(status=499)
+    finally:
+        run.close()
+        timing.exit_code = run.returncode
+    timing.usage(finished.usage)
+    body = to_completion(completion_id(), int(time.time()), chat.model, "".join(texts),
+                         finished.finish_reason, finished.usage)
+    return jsonify(body)
+
+
+def stream_response(chat: ChatRequest, run: CliRun, answer: Iterator, timing: RequestTiming) -> Response:
+    """The answer as server-sent chat.completion.chunk events."""
+    # Hold the status line until the answer starts, fails or PROXY_STATUS_HOLD passes, so that
+    # what fails in the first seconds (quota, login, unknown model) gets a real HTTP status.
+    held: list = []
+    hold_until = time.monotonic() + current_app.config["PROXY_STATUS_HOLD"]
+    for item in answer:
+        held.append(item)
+        if isinstance(item, Delta):
+            timing.token()
+        if not isinstance(item, Silence) or time.monotonic() >= hold_until:
+            break
+
+    chunk_id, created = completion_id(), int(time.time())
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        return sse_data(to_chunk(chunk_id, created, chat.model, delta, finish_reason))
+
+    def finish(outcome: str) -> None:
+        if timing.emitted:
+            return
+        run.close()
+        timing.exit_code = run.returncode
+        timing.finish(200, outcome)
+        timing.emit()
+
+    def events() -> Iterator[str]:
+        outcome = "client_closed"
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            for item in chain(held, answer):
+                if isinstance(item, Silence):
+                    yield HEARTBEAT
+                elif isinstance(item, Delta):
+                    timing.token()
+                    yield chunk({"content": item.text})
+                elif isinstance(item, Finished):
+                    timing.usage(item.usage)
+                    yield chunk({}, item.finish_reason)
+                    if chat.include_usage and item.usage:
+                        yield sse_data(to_usage_chunk(chunk_id, created, chat.model, item.usage))
+            outcome = "ok"
+            yield DONE
+        except ApiError as error:
+            # Content has been sent with a 200: the error goes into the stream.
+            outcome = f"error:{error.code}"
+            yield sse_data(error.body())
+            yield DONE
+        except ClientGone:
+            pass
+        finally:
+            finish(outcome)
+
+    response = Response(events(), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: never buffer this response
+    # If the body is never iterated (client gone first), this still closes the run.
+    response.call_on_close(lambda: finish("client_closed"))
+    return response
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{secrets.token_hex(12)}"
+
+
+def client_gone_check(environ: dict) -> Callable[[], bool]:
+    """A cheap test of whether the client closed its connection, without writing to it."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    return gone

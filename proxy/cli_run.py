@@ -1,0 +1,227 @@
+"""CliRun: one headless `gemini` process and everything it owns.
+
+A run owns a private temp dir (mode 0700) holding the CLI's cwd (`work/`), its CLI home
+(`home/`), its TMPDIR (`tmp/`), the system prompt file and the stderr file; its own
+process group (a new session), so that killing it reaches every process the CLI started;
+and a reader that turns stdout lines into events. `close()` kills the group (TERM, then
+KILL after a grace period), reaps the process and removes the dir; it is idempotent and
+never raises, so it can run from a generator's `finally` and `call_on_close` alike.
+
+Written with the standard library only: under gunicorn's gevent worker, subprocess,
+threading and queue are monkey-patched, so pipes are read cooperatively and one worker
+holds many runs; without gevent the same code uses real threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Sent at spawn: the CLI starts reading stdin only after its ~1 s initialisation and gives up
+# if nothing arrives within 500 ms of starting to read; once one byte is there it waits for
+# EOF. Every prompt therefore starts with this newline, which also disarms slash commands.
+PRIMER = "\n"
+
+EOF = object()  # queued by the reader when stdout ends
+
+# Environment the CLI must not inherit from the proxy: its own secrets and settings.
+_HIDDEN_ENV_PREFIXES = ("PROXY_", "PROMETHEUS_", "GUNICORN_")
+
+
+class CliRun:
+    """One gemini process: spawn, feed the prompt, read events, close."""
+
+    def __init__(self, run_dir: str, kill_grace: float = 2.0):
+        self.dir = Path(tempfile.mkdtemp(prefix="gemini-proxy-", dir=run_dir))  # mode 0700
+        self.workspace = self.dir / "work"
+        self.home = self.dir / "home"
+        self.tmp = self.dir / "tmp"
+        self.system_file = self.dir / "system.md"
+        self.stderr_file = self.dir / "stderr.log"
+        self.kill_grace = kill_grace
+        self.proc: subprocess.Popen | None = None
+        self.spawn_ms: float | None = None
+        self.returncode: int | None = None
+        self.stderr_tail = ""
+        self.killed = False
+        self.on_close: list[Callable[[], None]] = []
+        self._events: queue.Queue = queue.Queue()
+        self._reader: threading.Thread | None = None
+        self._closed = False
+        for path in (self.workspace, self.home, self.tmp):
+            path.mkdir(mode=0o700)
+
+    def spawn(self, gemini_bin: str, cli_model: str, system_text: str,
+              environ: Mapping[str, str] | None = None) -> None:
+        """Start the CLI for one model and system prompt; it then waits for `feed()`."""
+        self.system_file.write_text(system_text, encoding="utf-8")
+        argv = [gemini_bin, "-m", cli_model, "-o", "stream-json", "--approval-mode", "default"]
+        env = {k: v for k, v in (os.environ if environ is None else environ).items()
+               if not k.startswith(_HIDDEN_ENV_PREFIXES)}
+        env.update({
+            "GEMINI_CLI_HOME": str(self.home),
+            "GEMINI_SYSTEM_MD": str(self.system_file),
+            "TMPDIR": str(self.tmp),
+            # One process instead of a relauncher plus child: faster start, clean kills.
+            "GEMINI_CLI_NO_RELAUNCH": "true",
+            # The workspace is our own empty dir; headless runs in untrusted dirs exit 55.
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        })
+        with open(self.stderr_file, "wb") as stderr:
+            started = time.perf_counter()
+            self.proc = subprocess.Popen(
+                argv, cwd=self.workspace, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=stderr, start_new_session=True, close_fds=True,
+            )
+            self.spawn_ms = (time.perf_counter() - started) * 1000
+        self._write(PRIMER.encode(), close=False)
+        self._reader = threading.Thread(target=self._read_stdout, name=f"cli-{self.proc.pid}", daemon=True)
+        self._reader.start()
+
+    def feed(self, text: str, files: list[tuple[str, bytes]] = ()) -> None:
+        """Put the request's files in the workspace, then send the prompt and close stdin."""
+        for name, data in files:
+            (self.workspace / name).write_bytes(data)
+        # A writer of its own: a large prompt fills the pipe until the CLI reads it.
+        threading.Thread(target=self._write, args=(text.encode("utf-8"), True), daemon=True).start()
+
+    def next_event(self, timeout: float) -> dict[str, Any] | object | None:
+        """The next stdout event, EOF once stdout has ended, or None after `timeout` seconds."""
+        try:
+            return self._events.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def finish(self, timeout: float = 5.0) -> int | None:
+        """Wait for the process to exit after its stdout ended; read the stderr tail."""
+        if self.proc is not None and self.returncode is None:
+            try:
+                self.returncode = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.stderr_tail = self._stderr_tail()
+        return self.returncode
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def close(self) -> None:
+        """Kill the process group, reap it, remove the run's files. Idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stop_group()
+        except Exception:  # noqa: BLE001 - close() must not raise
+            log.exception("stopping gemini process group failed")
+        if not self.stderr_tail:
+            self.stderr_tail = self._stderr_tail()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for callback in self.on_close:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001
+                log.exception("run close callback failed")
+
+    # -- internals --------------------------------------------------------------
+
+    def _write(self, data: bytes, close: bool) -> None:
+        stdin = self.proc.stdin if self.proc else None
+        if stdin is None:
+            return
+        try:
+            stdin.write(data)
+            stdin.flush()
+            if close:
+                stdin.close()
+        except (OSError, ValueError):
+            pass  # the CLI is gone; its exit code tells why
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            for line in self.proc.stdout:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    # The CLI prints some plain text even in stream-json mode; it is not an event.
+                    log.debug("non-JSON line from gemini: %r", line[:200])
+                    continue
+                if isinstance(event, dict):
+                    self._events.put(event)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._events.put(EOF)
+
+    def _group_alive(self, pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _stop_group(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        pgid = proc.pid  # a new session: the leader's pid is the group id
+        # Signal before reaping: an unreaped leader keeps the group id from being reused.
+        if proc.poll() is None:
+            self.killed = True
+        if self._group_alive(pgid):
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + self.kill_grace
+            while time.monotonic() < deadline:
+                try:
+                    proc.wait(timeout=min(0.05, self.kill_grace))
+                except subprocess.TimeoutExpired:
+                    continue
+                if not self._group_alive(pgid):
+                    break
+                time.sleep(0.02)
+            if self._group_alive(pgid):
+                os.killpg(pgid, signal.SIGKILL)
+        try:
+            self.returncode = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("gemini pid %s survived SIGKILL", proc.pid)
+        if self._reader is not None:
+            self._reader.join(timeout=1)
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                if pipe:
+                    pipe.close()
+            except OSError:
+                pass
+
+    def _stderr_tail(self, limit: int = 4000) -> str:
+        try:
+            with open(self.stderr_file, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - limit))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""

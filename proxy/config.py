@@ -1,0 +1,134 @@
+"""Settings: defaults, then the environment, then (in tests) an explicit mapping.
+
+Every setting is documented in the README's settings table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+# The original design's model table: OpenAI model id -> the CLI's `-m` value.
+DEFAULT_MODELS: dict[str, str] = {
+    "gemini-cli": "gemini-3-flash",
+    "gemini-3-flash": "gemini-3-flash",
+    "gemini-3.1-flash-lite": "gemini-3.1-flash-lite",
+    "gemini-1.5-pro": "gemini-1.5-pro",
+    "gemini-2.5-pro": "gemini-2.5-pro",
+    "gemini-3.1-pro-preview": "gemini-3.1-pro-preview",
+}
+
+# A short, neutral system prompt for requests that bring none: without one the CLI
+# would send its ~25 KB coding-agent prompt with every request.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+def _bool(value: str) -> bool:
+    if value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.strip().lower() in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"must be positive: {value!r}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must be zero or more: {value!r}")
+    return number
+
+
+def _tools(value: str) -> str:
+    value = value.strip().lower()
+    if value not in {"none", "read-only"}:
+        raise ValueError("PROXY_TOOLS must be 'none' or 'read-only'")
+    return value
+
+
+def parse_model_table(value: str) -> dict[str, str]:
+    """Parse `id=cli-model,id2=cli-model2`, a JSON object, or `@/path/to/file` of either."""
+    value = value.strip()
+    if value.startswith("@"):
+        value = Path(value[1:]).expanduser().read_text(encoding="utf-8").strip()
+    if value.startswith("{"):
+        table = json.loads(value)
+        if not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in table.items()):
+            raise ValueError("model table JSON must map model ids to CLI model names")
+        return dict(table)
+    table: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.replace("\n", ",").split(","))):
+        model_id, sep, cli_model = item.partition("=")
+        if not sep or not model_id.strip() or not cli_model.strip():
+            raise ValueError(f"model table entry {item!r} is not id=cli-model")
+        table[model_id.strip()] = cli_model.strip()
+    return table
+
+
+# name -> (default, parser). Names are the environment variables.
+SETTINGS: dict[str, tuple[Any, Any]] = {
+    "GEMINI_BIN": (None, str),
+    "PROXY_REQUEST_TIMEOUT": (300.0, _positive_float),
+    "PROXY_FIRST_TOKEN_TIMEOUT": (120.0, _positive_float),
+    "PROXY_HEARTBEAT_INTERVAL": (2.0, _positive_float),
+    "PROXY_KILL_GRACE": (2.0, _positive_float),
+    "PROXY_MAX_BODY_BYTES": (25 * 1024 * 1024, _non_negative_int),
+    "PROXY_MODELS": (None, parse_model_table),
+    "PROXY_EXTRA_MODELS": (None, parse_model_table),
+    "PROXY_DEFAULT_SYSTEM_PROMPT": (DEFAULT_SYSTEM_PROMPT, str),
+    "PROXY_GEMINI_CONFIG": ("~/.gemini", str),
+    "PROXY_RUN_DIR": (None, str),
+    "PROXY_CLI_MAX_ATTEMPTS": (1, _non_negative_int),
+    "PROXY_TOOLS": ("none", _tools),
+    "PROXY_STATUS_HOLD": (5.0, _positive_float),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Defaults overridden by whatever of SETTINGS the environment sets."""
+    environ = os.environ if environ is None else environ
+    settings: dict[str, Any] = {}
+    for name, (default, parse) in SETTINGS.items():
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            settings[name] = default
+            continue
+        try:
+            settings[name] = parse(raw)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(f"invalid setting {name}={raw!r}: {exc}") from exc
+    return settings
+
+
+def finish_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Derive what depends on several settings (model table, paths, the CLI binary)."""
+    models = dict(settings.get("PROXY_MODELS") or DEFAULT_MODELS)
+    models.update(settings.get("PROXY_EXTRA_MODELS") or {})
+    settings["MODELS"] = models
+    settings["PROXY_RUN_DIR"] = settings.get("PROXY_RUN_DIR") or tempfile.gettempdir()
+    settings["PROXY_GEMINI_CONFIG"] = str(Path(settings["PROXY_GEMINI_CONFIG"]).expanduser())
+    settings["GEMINI_BIN"] = resolve_gemini_bin(settings.get("GEMINI_BIN"))
+    return settings
+
+
+def resolve_gemini_bin(configured: str | None) -> str | None:
+    """GEMINI_BIN if set, else `gemini` on PATH, else the project's pinned npm install."""
+    if configured:
+        return shutil.which(configured) or configured
+    on_path = shutil.which("gemini")
+    if on_path:
+        return on_path
+    pinned = PROJECT_DIR / "node_modules" / ".bin" / "gemini"
+    return str(pinned) if pinned.exists() else None

@@ -1,0 +1,76 @@
+"""One JSON error shape for every route: OpenAI's `{"error": {message, type, param, code}}`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flask import Blueprint, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+bp = Blueprint("errors", __name__)
+
+# OpenAI's error `type` for each status family; clients show `message`, SDKs map the status.
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+@dataclass
+class ApiError(Exception):
+    """An error answered to the client: HTTP status plus OpenAI error fields."""
+
+    status: int
+    message: str
+    code: str | None = None
+    param: str | None = None
+    type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+        if self.type is None:
+            self.type = _TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> Response:
+        response = jsonify(self.body())
+        response.status_code = self.status
+        response.headers.update(self.headers)
+        return response
+
+
+def no_retry_headers() -> dict[str, str]:
+    """Stop the OpenAI SDKs' automatic retries where a retry cannot help."""
+    return {"x-should-retry": "false"}
+
+
+@bp.app_errorhandler(ApiError)
+def handle_api_error(error: ApiError) -> Response:
+    return error.response()
+
+
+@bp.app_errorhandler(HTTPException)
+def handle_http_exception(error: HTTPException) -> Response:
+    messages = {
+        404: "No such route. The API lives under /v1 (GET /v1/models, POST /v1/chat/completions).",
+        413: "The request body is too large (see PROXY_MAX_BODY_BYTES).",
+    }
+    status = error.code or 500
+    message = messages.get(status) or error.description or error.name
+    return ApiError(status, message, code=error.name.lower().replace(" ", "_")).response()
+
+
+@bp.app_errorhandler(Exception)
+def handle_unexpected(error: Exception) -> Response:
+    # The traceback goes to the log; the client gets the one JSON shape, not an HTML page.
+    current_app.logger.exception("unhandled error")
+    return ApiError(500, f"Internal error in the proxy: {type(error).__name__}", code="internal_error").response()
