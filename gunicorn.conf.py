@@ -49,3 +49,12 @@ loglevel = _env("LOG_LEVEL", "info")
 # gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl), which
 # several instances on one host would fight over; nothing here uses it.
 control_socket_disable = True
+
+
+def worker_exit(server, worker):
+    """A worker leaving (restart, graceful timeout passed): kill the CLI runs it still owns."""
+    from proxy.cli_run import close_all_runs
+
+    closed = close_all_runs()
+    if closed:
+        server.log.warning("worker %s exiting: killed %d gemini run(s) still in flight", worker.pid, closed)

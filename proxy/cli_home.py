@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 # Files of a user's gemini configuration that carry a login. Copied, never linked: a token
-# refresh by the CLI must not write into the user's home.
+# refresh by the CLI rewrites oauth_creds.json, and must not write into the user's home.
 AUTH_FILES = ("oauth_creds.json", "google_accounts.json", ".env")
 
 # Built-in tools offered with PROXY_TOOLS=read-only. web_fetch is left out on purpose: it
@@ -78,10 +78,12 @@ def find_user_auth(config_dir: str, environ: Mapping[str, str] | None = None) ->
     elif auth_type == "gemini-api-key" and not environ.get("GEMINI_API_KEY") and ".env" not in files:
         problem = ("The gemini configuration selects an API key, but GEMINI_API_KEY is not set for "
                    "the proxy. Set it in the proxy's environment, then retry.")
-    elif auth_type == "vertex-ai" and not (environ.get("GOOGLE_CLOUD_PROJECT") or environ.get("GOOGLE_API_KEY")):
-        problem = ("The gemini configuration selects Vertex AI, but neither GOOGLE_CLOUD_PROJECT nor "
-                   "GOOGLE_API_KEY is set for the proxy. Set them (and run `gcloud auth "
-                   "application-default login`), then retry.")
+    elif auth_type == "vertex-ai" and not (
+            (environ.get("GOOGLE_CLOUD_PROJECT") and environ.get("GOOGLE_CLOUD_LOCATION"))
+            or environ.get("GOOGLE_API_KEY") or ".env" in files):
+        problem = ("The gemini configuration selects Vertex AI, but GOOGLE_CLOUD_PROJECT and "
+                   "GOOGLE_CLOUD_LOCATION (or GOOGLE_API_KEY) are not set for the proxy. Set them "
+                   "(and run `gcloud auth application-default login`), then retry.")
     return UserAuth(auth_type=auth_type, files=files, problem=problem)
 
 
@@ -105,12 +107,23 @@ def cli_settings(auth_type: str | None, max_attempts: int, tools: str) -> dict[s
     return settings
 
 
-def write_cli_home(home: Path, settings: dict[str, Any], auth: UserAuth) -> None:
-    """Lay out `<home>/.gemini/` for one run (the caller removes it with the run)."""
+def write_cli_home(run_dir: Path, home: Path, settings: dict[str, Any], auth: UserAuth) -> None:
+    """Lay out `<home>/.gemini/` for one run (the caller removes it with the run).
+
+    The CLI loads the first `.gemini/.env` or `.env` it finds walking up from its cwd, in
+    every ancestor: a file another local user left in /tmp would set its environment (an
+    API base URL, say). The run dir, the cwd's parent, therefore always holds one, with the
+    user's own `.env` (if any) or nothing, and the walk stops there.
+    """
     gemini_dir = home / ".gemini"
     gemini_dir.mkdir(mode=0o700, parents=True)
     (gemini_dir / "settings.json").write_text(json.dumps(settings), encoding="utf-8")
     for name, data in auth.files.items():
+        if name == ".env":
+            continue
         path = gemini_dir / name
         path.write_bytes(data)
         path.chmod(0o600)
+    env_dir = run_dir / ".gemini"
+    env_dir.mkdir(mode=0o700, exist_ok=True)
+    (env_dir / ".env").write_bytes(auth.files.get(".env", b""))

@@ -14,6 +14,7 @@ holds many runs; without gevent the same code uses real threads.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -37,8 +38,38 @@ PRIMER = "\n"
 
 EOF = object()  # queued by the reader when stdout ends
 
+# Every run not yet closed in this process, so that a worker on its way out can kill them all.
+_live_runs: set[CliRun] = set()
+_live_lock = threading.Lock()
+
+
+def close_all_runs() -> int:
+    """Close every run of this process (worker shutdown); returns how many were open."""
+    with _live_lock:
+        runs = list(_live_runs)
+    for run in runs:
+        run.close()
+    return len(runs)
+
+
+def live_run_count() -> int:
+    return len(_live_runs)
+
+
 # Environment the CLI must not inherit from the proxy: its own secrets and settings.
 _HIDDEN_ENV_PREFIXES = ("PROXY_", "PROMETHEUS_", "GUNICORN_")
+
+
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the worker dies without cleaning up (Linux)."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class CliRun:
@@ -63,6 +94,8 @@ class CliRun:
         self._closed = False
         for path in (self.workspace, self.home, self.tmp):
             path.mkdir(mode=0o700)
+        with _live_lock:
+            _live_runs.add(self)
 
     def spawn(self, gemini_bin: str, cli_model: str, system_text: str,
               environ: Mapping[str, str] | None = None) -> None:
@@ -84,7 +117,7 @@ class CliRun:
             started = time.perf_counter()
             self.proc = subprocess.Popen(
                 argv, cwd=self.workspace, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=stderr, start_new_session=True, close_fds=True,
+                stderr=stderr, start_new_session=True, close_fds=True, preexec_fn=_die_with_parent,
             )
             self.spawn_ms = (time.perf_counter() - started) * 1000
         self._write(PRIMER.encode(), close=False)
@@ -131,6 +164,8 @@ class CliRun:
         if not self.stderr_tail:
             self.stderr_tail = self._stderr_tail()
         shutil.rmtree(self.dir, ignore_errors=True)
+        with _live_lock:
+            _live_runs.discard(self)
         for callback in self.on_close:
             try:
                 callback()
