@@ -14,6 +14,7 @@ from flask import Flask, Response, g, request
 
 from . import chat, errors, models
 from .config import finish_settings, load_settings
+from .limits import RunLimiter
 from .timing import RequestTiming
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -27,6 +28,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(finish_settings(settings))
     app.config["MAX_CONTENT_LENGTH"] = app.config["PROXY_MAX_BODY_BYTES"] or None
     app.config["STARTED_AT"] = int(time.time())
+    app.extensions["run_limiter"] = RunLimiter(app.config["PROXY_MAX_CONCURRENT"], app.config["PROXY_QUEUE_SIZE"],
+                                               app.config["PROXY_QUEUE_TIMEOUT"])
     configure_request_log()
 
     app.register_blueprint(errors.bp)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
@@ -31,9 +32,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Sent at spawn: the CLI starts reading stdin only after its ~1 s initialisation and gives up
-# if nothing arrives within 500 ms of starting to read; once one byte is there it waits for
-# EOF. Every prompt therefore starts with this newline, which also disarms slash commands.
+# Put in the stdin pipe before the CLI starts: the CLI reads stdin only after its ~1 s
+# initialisation and gives up if nothing arrives within 500 ms of starting to read (under
+# load a write right after spawn can be later than that); once one byte is there it waits
+# for EOF. Every prompt therefore starts with this newline, which also disarms slash commands.
 PRIMER = "\n"
 
 EOF = object()  # queued by the reader when stdout ends
@@ -91,6 +93,8 @@ class CliRun:
         self.on_close: list[Callable[[], None]] = []
         self._events: queue.Queue = queue.Queue()
         self._reader: threading.Thread | None = None
+        self._stdin_fd: int | None = None
+        self._stdin_lock = threading.Lock()
         self._closed = False
         for path in (self.workspace, self.home, self.tmp):
             path.mkdir(mode=0o700)
@@ -113,14 +117,19 @@ class CliRun:
             # The workspace is our own empty dir; headless runs in untrusted dirs exit 55.
             "GEMINI_CLI_TRUST_WORKSPACE": "true",
         })
-        with open(self.stderr_file, "wb") as stderr:
-            started = time.perf_counter()
-            self.proc = subprocess.Popen(
-                argv, cwd=self.workspace, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=stderr, start_new_session=True, close_fds=True, preexec_fn=_die_with_parent,
-            )
-            self.spawn_ms = (time.perf_counter() - started) * 1000
-        self._write(PRIMER.encode(), close=False)
+        stdin_read, self._stdin_fd = os.pipe()
+        try:
+            os.write(self._stdin_fd, PRIMER.encode())
+            os.set_blocking(self._stdin_fd, False)
+            with open(self.stderr_file, "wb") as stderr:
+                started = time.perf_counter()
+                self.proc = subprocess.Popen(
+                    argv, cwd=self.workspace, env=env, stdin=stdin_read, stdout=subprocess.PIPE,
+                    stderr=stderr, start_new_session=True, close_fds=True, preexec_fn=_die_with_parent,
+                )
+                self.spawn_ms = (time.perf_counter() - started) * 1000
+        finally:
+            os.close(stdin_read)
         self._reader = threading.Thread(target=self._read_stdout, name=f"cli-{self.proc.pid}", daemon=True)
         self._reader.start()
 
@@ -129,7 +138,7 @@ class CliRun:
         for name, data in files:
             (self.workspace / name).write_bytes(data)
         # A writer of its own: a large prompt fills the pipe until the CLI reads it.
-        threading.Thread(target=self._write, args=(text.encode("utf-8"), True), daemon=True).start()
+        threading.Thread(target=self._write_stdin, args=(text.encode("utf-8"),), daemon=True).start()
 
     def next_event(self, timeout: float) -> dict[str, Any] | object | None:
         """The next stdout event, EOF once stdout has ended, or None after `timeout` seconds."""
@@ -174,17 +183,32 @@ class CliRun:
 
     # -- internals --------------------------------------------------------------
 
-    def _write(self, data: bytes, close: bool) -> None:
-        stdin = self.proc.stdin if self.proc else None
-        if stdin is None:
-            return
+    def _write_stdin(self, data: bytes) -> None:
+        """Write all of `data`, waiting (cooperatively) while the pipe is full; then close."""
+        view = memoryview(data)
         try:
-            stdin.write(data)
-            stdin.flush()
-            if close:
-                stdin.close()
-        except (OSError, ValueError):
-            pass  # the CLI is gone; its exit code tells why
+            while view and self._stdin_fd is not None:
+                select.select([], [self._stdin_fd], [], 1.0)
+                with self._stdin_lock:  # close() must not recycle the fd under this write
+                    if self._stdin_fd is None:
+                        break
+                    try:
+                        view = view[os.write(self._stdin_fd, view):]
+                    except BlockingIOError:
+                        continue
+        except (OSError, ValueError, TypeError):
+            pass  # the CLI is gone (or closing); its exit code tells why
+        finally:
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        with self._stdin_lock:
+            fd, self._stdin_fd = self._stdin_fd, None
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -245,12 +269,12 @@ class CliRun:
             log.error("gemini pid %s survived SIGKILL", proc.pid)
         if self._reader is not None:
             self._reader.join(timeout=1)
-        for pipe in (proc.stdin, proc.stdout):
-            try:
-                if pipe:
-                    pipe.close()
-            except OSError:
-                pass
+        self._close_stdin()
+        try:
+            if proc.stdout:
+                proc.stdout.close()
+        except OSError:
+            pass
 
     def _stderr_tail(self, limit: int = 4000) -> str:
         try:

@@ -93,6 +93,11 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "PROXY_CLI_MAX_ATTEMPTS": (1, _non_negative_int),
     "PROXY_TOOLS": ("none", _tools),
     "PROXY_STATUS_HOLD": (5.0, _positive_float),
+    "PROXY_MAX_CONCURRENT": (None, _non_negative_int),
+    "PROXY_QUEUE_SIZE": (16, _non_negative_int),
+    "PROXY_QUEUE_TIMEOUT": (30.0, _positive_float),
+    "PROXY_RUN_MEMORY_MB": (250, _non_negative_int),
+    "WORKERS": (2, _non_negative_int),
 }
 
 
@@ -120,7 +125,21 @@ def finish_settings(settings: dict[str, Any]) -> dict[str, Any]:
     settings["PROXY_RUN_DIR"] = settings.get("PROXY_RUN_DIR") or tempfile.gettempdir()
     settings["PROXY_GEMINI_CONFIG"] = str(Path(settings["PROXY_GEMINI_CONFIG"]).expanduser())
     settings["GEMINI_BIN"] = resolve_gemini_bin(settings.get("GEMINI_BIN"))
+    if settings.get("PROXY_MAX_CONCURRENT") is None:
+        settings["PROXY_MAX_CONCURRENT"] = default_max_concurrent(settings["PROXY_RUN_MEMORY_MB"],
+                                                                  settings["WORKERS"] or 1)
     return settings
+
+
+def default_max_concurrent(run_memory_mb: int, workers: int) -> int:
+    """Per-worker cap on gemini processes: 60% of the machine's memory over the cost of a run
+    (~250 MB measured), shared by the workers; at least 2."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        total_mb = pages * page_size // (1024 * 1024)
+    except (ValueError, OSError, AttributeError):
+        total_mb = 4096
+    return max(2, int(total_mb * 0.6) // max(1, run_memory_mb) // max(1, workers))
 
 
 def resolve_gemini_bin(configured: str | None) -> str | None:

@@ -20,7 +20,13 @@ def start_run(chat: ChatRequest, prompt: Prompt) -> CliRun:
     auth = find_user_auth(config["PROXY_GEMINI_CONFIG"])
     if auth.problem:
         raise ApiError(503, auth.problem, code="gemini_auth_missing", headers=no_retry_headers())
-    run = CliRun(config["PROXY_RUN_DIR"], config["PROXY_KILL_GRACE"])
+    slot = current_app.extensions["run_limiter"].acquire()  # or 429 after queueing
+    try:
+        run = CliRun(config["PROXY_RUN_DIR"], config["PROXY_KILL_GRACE"])
+    except BaseException:
+        slot.release()
+        raise
+    run.on_close.append(slot.release)
     try:
         write_cli_home(run.dir, run.home, cli_settings(auth.auth_type, config["PROXY_CLI_MAX_ATTEMPTS"],
                                               config["PROXY_TOOLS"]), auth)

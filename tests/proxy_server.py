@@ -59,6 +59,7 @@ class ProxyServer:
             "PROXY_HEARTBEAT_INTERVAL": "0.5",
             "PROXY_STATUS_HOLD": "3",
             "PROXY_KILL_GRACE": "1",
+            "PROXY_MAX_CONCURRENT": "64",
             "FAKE_GEMINI_RECORD_DIR": str(self.record_dir),
             "PYTHONUNBUFFERED": "1",
         })

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import time
 
 import openai
 import pytest
@@ -202,3 +204,31 @@ def test_default_system_prompt_is_short(server, oai):
     marker = secrets.token_hex(4)
     oai.chat.completions.create(model="gemini-cli", messages=ask(marker))
     assert record_for(server, marker)["system_md_text"] == "You are a helpful assistant."
+
+
+def test_fifty_concurrent_streams_in_one_worker(server):
+    """One gevent worker (the session server has WORKERS=1) serves 50 streams at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = make_client(server.base_url)
+
+    def one(i: int) -> str:
+        stream = client.chat.completions.create(model="gemini-cli", messages=ask(f"n{i} FAKE:slow:200"),
+                                                stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(one, range(50), timeout=120))
+    elapsed = time.monotonic() - started
+    assert answers == ["".join(f"tick {i} " for i in range(5))] * 50
+    # Each stream takes >= 1 s (5 ticks of 200 ms); served one after another they would take 50 s.
+    assert elapsed < 30, f"streams were not served concurrently ({elapsed:.1f} s)"
+    assert wait_until(lambda: os.listdir(server.run_dir) == [], 10)
+
+
+def test_large_prompt_passes_through_stdin_intact(oai):
+    """2 MB of conversation is far more than a pipe holds: it is written while the CLI reads."""
+    text = "".join(f"line {i} é\n" for i in range(200_000)) + "FAKE:echo"
+    reply = oai.chat.completions.create(model="gemini-cli", messages=ask(text))
+    assert reply.choices[0].message.content == "\n" + text
