@@ -66,8 +66,9 @@ def mock(mock_api):
 
 
 @pytest.fixture(scope="session")
-def real_server(mock_api):
-    """gunicorn with the real gemini CLI (pinned npm install) talking to the loopback mock API."""
+def real_server(mock_api, tmp_path_factory):
+    """gunicorn with the real gemini CLI (pinned npm install) talking to the loopback mock API.
+    HOME is an empty dir of its own, so tests can see that nothing is written there."""
     if not REAL_GEMINI.exists():
         pytest.fail("the pinned gemini CLI is missing: run `npm ci` (the README's test command does)")
     with ProxyServer({
@@ -75,6 +76,7 @@ def real_server(mock_api):
         "GOOGLE_GEMINI_BASE_URL": mock_api.base_url,
         "GEMINI_API_KEY": "test-key",
         "PROXY_STATUS_HOLD": "10",
+        "HOME": str(tmp_path_factory.mktemp("home")),
     }) as proxy:
         yield proxy
 
