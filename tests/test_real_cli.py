@@ -25,7 +25,8 @@ MAPPED = {"gemini-cli": "gemini-3-flash"} | {m: m for m in MODEL_IDS if m != "ge
 # mapped `-m`, and this is what the API then sees.
 CLI_UPGRADES = {"gemini-3-flash": "gemini-3.8-flash", "gemini-3.1-flash-lite": "gemini-3.5-flash-lite"}
 # A 1x1 PNG.
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
+                       "AAAABJRU5ErkJggg==")
 
 
 def ask(text: str) -> list[dict]:
