@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .cli_errors import classify_failure
 from .cli_run import EOF, CliRun
-from .errors import ApiError
+from .errors import ApiError, no_retry_headers
 from .openai_format import usage_from_stats
 
 SAFETY_MARKER = "blocked due to safety"
@@ -65,7 +65,9 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
     while True:
         left, which = deadlines.remaining(got_text)
         if left <= 0:
-            raise ApiError(504, _deadline_message(which, deadlines), code="deadline_exceeded")
+            # Retrying would likely time out again, at the cost of another full run.
+            raise ApiError(504, _deadline_message(which, deadlines), code="deadline_exceeded",
+                           headers=no_retry_headers())
         event = run.next_event(min(heartbeat, left))
         if event is None:
             if client_gone():

@@ -85,12 +85,17 @@ def stream_response(chat: ChatRequest, run: CliRun, answer: Iterator, timing: Re
     # what fails in the first seconds (quota, login, unknown model) gets a real HTTP status.
     held: list = []
     hold_until = time.monotonic() + current_app.config["PROXY_STATUS_HOLD"]
-    for item in answer:
-        held.append(item)
-        if isinstance(item, Delta):
-            timing.token()
-        if not isinstance(item, Silence) or time.monotonic() >= hold_until:
-            break
+    try:
+        for item in answer:
+            held.append(item)
+            if isinstance(item, Delta):
+                timing.token()
+            if not isinstance(item, Silence) or time.monotonic() >= hold_until:
+                break
+    except ClientGone:
+        run.close()
+        timing.outcome = "client_closed"
+        return Response(status=499)
 
     chunk_id, created = completion_id(), int(time.time())
 
