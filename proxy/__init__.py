@@ -15,6 +15,7 @@ from flask import Flask, Response, g, request
 from . import chat, errors, models
 from .config import finish_settings, load_settings
 from .limits import RunLimiter
+from .pool import WarmPool
 from .timing import RequestTiming
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -30,6 +31,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["STARTED_AT"] = int(time.time())
     app.extensions["run_limiter"] = RunLimiter(app.config["PROXY_MAX_CONCURRENT"], app.config["PROXY_QUEUE_SIZE"],
                                                app.config["PROXY_QUEUE_TIMEOUT"])
+    # Per worker; it spawns nothing before the worker's first chat request.
+    app.extensions["warm_pool"] = (
+        WarmPool(app.config, app.extensions["run_limiter"], app.config["PROXY_POOL_SIZE"],
+                 app.config["PROXY_POOL_KEYS"], app.config["PROXY_POOL_MAX_IDLE"])
+        if app.config["PROXY_POOL_SIZE"] and app.config["PROXY_POOL_KEYS"] else None)
     configure_request_log()
 
     app.register_blueprint(errors.bp)

@@ -14,7 +14,9 @@ holds many runs; without gevent the same code uses real threads.
 
 from __future__ import annotations
 
+import array
 import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -45,8 +48,17 @@ _live_runs: set[CliRun] = set()
 _live_lock = threading.Lock()
 
 
+# Called first by close_all_runs: whatever starts runs on its own (the warm pool) stops here.
+before_close_all: list[Callable[[], None]] = []
+
+
 def close_all_runs() -> int:
     """Close every run of this process (worker shutdown); returns how many were open."""
+    for hook in list(before_close_all):
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - the runs must be closed regardless
+            log.exception("close_all_runs hook failed")
     with _live_lock:
         runs = list(_live_runs)
     for run in runs:
@@ -78,7 +90,9 @@ class CliRun:
     """One gemini process: spawn, feed the prompt, read events, close."""
 
     def __init__(self, run_dir: str, kill_grace: float = 2.0):
-        self.dir = Path(tempfile.mkdtemp(prefix="gemini-proxy-", dir=run_dir))  # mode 0700
+        # mode 0700. The name always has the same length (prefix + 8 random characters): the CLI
+        # puts this path into every request, so warm and cold runs differ only in those 8.
+        self.dir = Path(tempfile.mkdtemp(prefix="gemini-proxy-", dir=run_dir))
         self.workspace = self.dir / "work"
         self.home = self.dir / "home"
         self.tmp = self.dir / "tmp"
@@ -156,6 +170,24 @@ class CliRun:
                 pass
         self.stderr_tail = self._stderr_tail()
         return self.returncode
+
+    def waiting(self) -> bool:
+        """Spawned, not fed, not closed, alive and silent: fit to be handed a prompt (warm pool)."""
+        proc = self.proc
+        return (proc is not None and not self._closed and self._stdin_fd is not None
+                and self._events.empty() and proc.poll() is None)
+
+    def ready(self) -> bool:
+        """The CLI has read the primer, i.e. finished its initialisation and waits for the prompt."""
+        with self._stdin_lock:
+            if self._stdin_fd is None:
+                return False
+            pending = array.array("i", [0])
+            try:
+                fcntl.ioctl(self._stdin_fd, termios.FIONREAD, pending)
+            except OSError:
+                return False
+            return pending[0] == 0
 
     @property
     def pid(self) -> int | None:

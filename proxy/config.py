@@ -98,6 +98,11 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "PROXY_QUEUE_TIMEOUT": (30.0, _positive_float),
     "PROXY_RUN_MEMORY_MB": (250, _non_negative_int),
     "WORKERS": (2, _non_negative_int),
+    # Warm pool (proxy/pool.py): processes kept started per (model, system prompt), 0 = off;
+    # how many such keys; how long a warm process may wait before it is replaced.
+    "PROXY_POOL_SIZE": (1, _non_negative_int),
+    "PROXY_POOL_KEYS": (2, _non_negative_int),
+    "PROXY_POOL_MAX_IDLE": (300.0, _positive_float),
 }
 
 

@@ -60,6 +60,9 @@ class ProxyServer:
             "PROXY_STATUS_HOLD": "3",
             "PROXY_KILL_GRACE": "1",
             "PROXY_MAX_CONCURRENT": "64",
+            # Cold runs only unless a test asks for the warm pool (tests/test_pool.py): the other
+            # tests count processes, records and run dirs per request.
+            "PROXY_POOL_SIZE": "0",
             "FAKE_GEMINI_RECORD_DIR": str(self.record_dir),
             "PYTHONUNBUFFERED": "1",
         })
