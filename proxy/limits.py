@@ -5,6 +5,14 @@ PROXY_MAX_CONCURRENT of them (running or warm in the pool). A request beyond tha
 in a queue of at most PROXY_QUEUE_SIZE for at most PROXY_QUEUE_TIMEOUT seconds, then gets
 429 with Retry-After. Idle warm processes give their slot back when requests need it
 (the pool registers a reclaimer).
+
+The cap is per worker process: the whole service runs at most
+WORKERS x PROXY_MAX_CONCURRENT gemini processes, and queues at most
+WORKERS x PROXY_QUEUE_SIZE requests.
+
+`listeners` are called (with the limiter, under its lock) whenever `in_use` or `queued`
+changes; metrics uses this to keep its per-worker gauges current. They must be quick and
+must not call back into the limiter's acquire/release.
 """
 
 from __future__ import annotations
@@ -39,13 +47,23 @@ class RunLimiter:
         self.queued = 0
         # Called, newest first, to free a slot held by something idle (warm processes).
         self.reclaimers: list[Callable[[], bool]] = []
+        # Called after every change of in_use or queued (see the module docstring).
+        self.listeners: list[Callable[[RunLimiter], None]] = []
         self._cond = threading.Condition()
+
+    def _changed(self) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(self)
+            except Exception:  # noqa: BLE001 - observers must never break admission
+                continue
 
     def try_acquire(self) -> Slot | None:
         """A slot only if one is free and no request is waiting (the pool uses this)."""
         with self._cond:
             if self.in_use < self.capacity and self.queued == 0:
                 self.in_use += 1
+                self._changed()
                 return Slot(self)
         return None
 
@@ -54,15 +72,18 @@ class RunLimiter:
         with self._cond:
             if self.in_use < self.capacity:
                 self.in_use += 1
+                self._changed()
                 return Slot(self)
         self._reclaim()
         with self._cond:
             if self.in_use < self.capacity:
                 self.in_use += 1
+                self._changed()
                 return Slot(self)
             if self.queued >= self.queue_size:
                 raise self._busy("the queue is full")
             self.queued += 1
+            self._changed()
             deadline = time.monotonic() + self.queue_timeout
             try:
                 while self.in_use >= self.capacity:
@@ -74,6 +95,7 @@ class RunLimiter:
                 return Slot(self)
             finally:
                 self.queued -= 1
+                self._changed()
 
     def _reclaim(self) -> None:
         for reclaim in list(self.reclaimers):
@@ -86,6 +108,7 @@ class RunLimiter:
     def _release(self) -> None:
         with self._cond:
             self.in_use -= 1
+            self._changed()
             self._cond.notify()
 
     def _busy(self, why: str) -> ApiError:

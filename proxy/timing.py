@@ -3,15 +3,23 @@
 One `key=value` line per chat request on stdout (logger `proxy.requests`). A streamed
 body is sent after `after_request` has run, so streams record their first token and
 their end from inside the stream and emit the line from the generator's `finally`.
+
+`observers` are called with the finished RequestTiming right after its line is logged,
+once per chat request: metrics registers one, so the log line and the metrics always
+describe the same requests.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("proxy.requests")
+
+# Called with each RequestTiming when it is emitted; a failing observer is logged, never raised.
+observers: list[Callable[[RequestTiming], None]] = []
 
 
 @dataclass
@@ -95,3 +103,8 @@ class RequestTiming:
         if not self.emitted:
             self.emitted = True
             log.info(self.log_line())
+            for observe in list(observers):
+                try:
+                    observe(self)
+                except Exception:  # noqa: BLE001 - metrics must never fail a request
+                    logging.getLogger(__name__).exception("request observer failed")
