@@ -5,7 +5,10 @@ No monkey-patching here: the gevent worker class patches the worker itself, and 
 is preloaded, so no CLI process, pipe or greenlet is ever created in the master.
 """
 
+import glob
 import os
+import shutil
+import tempfile
 
 
 def _env(name, default):
@@ -58,3 +61,38 @@ def worker_exit(server, worker):
     closed = close_all_runs()
     if closed:
         server.log.warning("worker %s exiting: killed %d gemini run(s) still in flight", worker.pid, closed)
+
+
+# --- Prometheus multiprocess mode (proxy/metrics.py) ---
+# Every worker writes its metrics to files in PROMETHEUS_MULTIPROC_DIR, and /metrics sums
+# them. If the variable is unset, the master makes a private temp dir (removed at exit).
+# It is set in on_starting, in the master, so that every worker inherits it.
+_private_metrics_dir = None
+
+
+def on_starting(server):
+    global _private_metrics_dir
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = _private_metrics_dir = tempfile.mkdtemp(prefix="gemini-proxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    os.makedirs(directory, exist_ok=True)
+    # Files of a previous run (other pids) would be summed into this one's numbers.
+    for stale in glob.glob(os.path.join(directory, "*.db")):
+        try:
+            os.remove(stale)
+        except OSError:
+            pass
+
+
+def on_exit(server):
+    if _private_metrics_dir:
+        shutil.rmtree(_private_metrics_dir, ignore_errors=True)
+
+
+def child_exit(server, worker):
+    """A worker is gone (in the master): drop its live gauges (runs in flight, queue)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

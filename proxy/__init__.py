@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from . import chat, errors, models
+from . import chat, errors, metrics, models
 from .config import finish_settings, load_settings
 from .limits import RunLimiter
 from .pool import WarmPool
@@ -42,6 +42,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)
     app.before_request(start_request)
+    metrics.init_app(app)
     app.after_request(end_request)
     return app
 
@@ -70,7 +71,16 @@ def end_request(response: Response) -> Response:
     timing: RequestTiming | None = g.get("timing")
     if timing is not None and not response.is_streamed:
         # A streamed body is still to be sent: the stream records and logs its own end.
-        timing.finish(response.status_code, None if response.status_code < 400 else "error")
+        timing.finish(response.status_code, error_outcome(response.status_code, timing.outcome))
         timing.emit()
         response.headers["Server-Timing"] = timing.server_timing()
     return response
+
+
+def error_outcome(status: int, outcome: str) -> str | None:
+    """A non-streamed response's outcome: kept if already set (client_closed), else
+    `error:<code>` from the ApiError answered, or plain `error`."""
+    if status < 400 or outcome != "ok":
+        return None
+    code = g.get("error_code")
+    return f"error:{code}" if code else "error"

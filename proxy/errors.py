@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 bp = Blueprint("errors", __name__)
@@ -55,6 +55,7 @@ def no_retry_headers() -> dict[str, str]:
 
 @bp.app_errorhandler(ApiError)
 def handle_api_error(error: ApiError) -> Response:
+    g.error_code = error.code  # for the request's log line and metrics (outcome error:<code>)
     return error.response()
 
 
@@ -66,11 +67,12 @@ def handle_http_exception(error: HTTPException) -> Response:
     }
     status = error.code or 500
     message = messages.get(status) or error.description or error.name
-    return ApiError(status, message, code=error.name.lower().replace(" ", "_")).response()
+    return handle_api_error(ApiError(status, message, code=error.name.lower().replace(" ", "_")))
 
 
 @bp.app_errorhandler(Exception)
 def handle_unexpected(error: Exception) -> Response:
     # The traceback goes to the log; the client gets the one JSON shape, not an HTML page.
     current_app.logger.exception("unhandled error")
-    return ApiError(500, f"Internal error in the proxy: {type(error).__name__}", code="internal_error").response()
+    return handle_api_error(ApiError(500, f"Internal error in the proxy: {type(error).__name__}",
+                                     code="internal_error"))
