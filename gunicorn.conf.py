@@ -96,3 +96,31 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def _exposed_addresses(listeners):
+    """The listening addresses beyond loopback (unix sockets are local)."""
+    import ipaddress
+    import socket
+
+    exposed = []
+    for listener in listeners:
+        sock = getattr(listener, "sock", None)
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        host, port = sock.getsockname()[:2]
+        if not ipaddress.ip_address(host.split("%", 1)[0]).is_loopback:
+            exposed.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return exposed
+
+
+def when_ready(server):
+    """Listening (in the master, once): warn loudly if beyond loopback with no API key.
+    Stdlib only: the master must not import the app (see preload_app)."""
+    keys_set = bool(_env("PROXY_API_KEYS", "").strip(", ") or _env("PROXY_API_KEYS_FILE", ""))
+    exposed = _exposed_addresses(server.LISTENERS)
+    if exposed and not keys_set:
+        server.log.warning(
+            "!!! gemini-proxy listens on %s, beyond loopback, and NO API key is set: anyone who can "
+            "reach it can run gemini on this account. Set PROXY_API_KEYS or PROXY_API_KEYS_FILE, or "
+            "bind to 127.0.0.1 (BIND_ADDRESS). !!!", ", ".join(exposed))

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from . import chat, errors, metrics, models
+from . import auth, chat, errors, health, metrics, models
 from .config import finish_settings, load_settings
 from .limits import RunLimiter
 from .pool import WarmPool
@@ -41,7 +41,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(errors.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)
-    app.before_request(start_request)
+    app.register_blueprint(health.bp)
+    app.before_request(start_request)   # first: the request id, also for a 401
+    auth.init_app(app)                  # then: the API key check on /v1/* and /metrics
     metrics.init_app(app)
     app.after_request(end_request)
     return app

@@ -51,6 +51,11 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _key_list(value: str) -> tuple[str, ...]:
+    """`PROXY_API_KEYS`: comma-separated client keys (blanks ignored)."""
+    return tuple(key.strip() for key in value.split(",") if key.strip())
+
+
 def _tools(value: str) -> str:
     value = value.strip().lower()
     if value not in {"none", "read-only"}:
@@ -103,6 +108,10 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "PROXY_POOL_SIZE": (1, _non_negative_int),
     "PROXY_POOL_KEYS": (2, _non_negative_int),
     "PROXY_POOL_MAX_IDLE": (300.0, _positive_float),
+    # Client access (proxy/auth.py): keys for `Authorization: Bearer <key>`.
+    "PROXY_API_KEYS": ((), _key_list),
+    "PROXY_API_KEYS_FILE": (None, str),
+    "PROXY_METRICS_OPEN": (False, _bool),
 }
 
 

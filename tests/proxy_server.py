@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -84,6 +85,8 @@ class ProxyServer:
             try:
                 with urllib.request.urlopen(self.base_url + "/v1/models", timeout=2):
                     return self
+            except urllib.error.HTTPError:
+                return self  # it answers (e.g. 401 when PROXY_API_KEYS is set)
             except OSError:
                 time.sleep(0.1)
         self.stop()
