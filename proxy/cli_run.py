@@ -232,6 +232,11 @@ class CliRun:
             pass  # the CLI is gone (or closing); its exit code tells why
         finally:
             self._close_stdin()
+            # Under gevent (26), os.close() of a pipe is deferred until the event loop next polls,
+            # which may be a heartbeat away when nothing else happens: the CLI would see EOF, and
+            # start answering, only then (measured: +0.5 s per request with a 0.5 s heartbeat).
+            # A timer, however short, makes the loop poll now; sleep(0) would not.
+            time.sleep(0.001)
 
     def _close_stdin(self) -> None:
         with self._stdin_lock:
