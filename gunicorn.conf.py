@@ -36,8 +36,15 @@ timeout = int(_env("GUNICORN_TIMEOUT", "60"))
 # On restart or SIGTERM, in-flight streams get as long as the request deadline to finish;
 # after that the workers exit and each kills the CLIs it still owns. Service managers'
 # stop timeouts (deploy/) are set above this.
+# GRACEFUL_TIMEOUT overrides it (seconds; tests use a short one).
 _request_timeout = float(_env("PROXY_REQUEST_TIMEOUT", "300"))
-graceful_timeout = int(_request_timeout) + 15
+graceful_timeout = int(float(_env("GRACEFUL_TIMEOUT", int(_request_timeout) + 15)))
+
+# The master SIGKILLs a worker still alive graceful_timeout after its TERM, and then no
+# cleanup runs in it. So the workers themselves stop waiting a little earlier (5 s, or half
+# of a short graceful_timeout): they end the streams still open, which kills those runs'
+# process groups, and worker_exit kills whatever is left, all before that SIGKILL.
+_worker_graceful_margin = min(5, graceful_timeout // 2)
 
 # Streams are long-lived; keep-alive between requests stays short.
 keepalive = 5
@@ -52,6 +59,11 @@ loglevel = _env("LOG_LEVEL", "info")
 # gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl), which
 # several instances on one host would fight over; nothing here uses it.
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """In the worker: its own copy of the settings, with the shorter graceful period."""
+    worker.cfg.set("graceful_timeout", graceful_timeout - _worker_graceful_margin)
 
 
 def worker_exit(server, worker):
