@@ -6,8 +6,10 @@ is preloaded, so no CLI process, pipe or greenlet is ever created in the master.
 """
 
 import glob
+import json
 import os
 import shutil
+import signal
 import tempfile
 
 
@@ -84,6 +86,12 @@ _private_metrics_dir = None
 
 def on_starting(server):
     global _private_metrics_dir
+    # Runs left by an instance that died (its master is gone): prompts must not stay on disk.
+    # Their processes died with their worker (PDEATHSIG); after so long a group id may have
+    # been reused, so nothing is killed here.
+    reaped = _reap_runs(lambda owner: not _pid_alive(int(owner.get("master", 0))), kill=False)
+    if reaped:
+        server.log.warning("removed %d gemini run(s) left by a previous instance", reaped)
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
         directory = _private_metrics_dir = tempfile.mkdtemp(prefix="gemini-proxy-metrics-")
@@ -102,8 +110,45 @@ def on_exit(server):
         shutil.rmtree(_private_metrics_dir, ignore_errors=True)
 
 
+def _reap_runs(should_reap, kill=True):
+    """Kill the process groups of (if `kill`), and remove, the run dirs whose owner matches
+    (stdlib only: the master never imports the app). Run dirs and `owner`: proxy/cli_run.py."""
+    run_dir = _env("PROXY_RUN_DIR", tempfile.gettempdir())
+    reaped = 0
+    for owner_file in glob.glob(os.path.join(run_dir, "gemini-proxy-*", "owner")):
+        try:
+            with open(owner_file, encoding="utf-8") as f:
+                owner = json.load(f)
+            if not should_reap(owner):
+                continue
+            if kill:
+                os.killpg(int(owner["pgid"]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is gone already; the dir still has to go
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        shutil.rmtree(os.path.dirname(owner_file), ignore_errors=True)
+        reaped += 1
+    return reaped
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def child_exit(server, worker):
-    """A worker is gone (in the master): drop its live gauges (runs in flight, queue)."""
+    """A worker is gone (in the master). If it was killed before cleaning up (SIGKILL, OOM),
+    its CLI runs' process groups and run dirs are still there: finish them. Then drop its
+    live gauges (runs in flight, queue)."""
+    reaped = _reap_runs(lambda owner: owner.get("worker") == worker.pid)
+    if reaped:
+        server.log.warning("worker %s died: killed and removed %d gemini run(s) it left", worker.pid, reaped)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

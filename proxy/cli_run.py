@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 PRIMER = "\n"
 
 EOF = object()  # queued by the reader when stdout ends
+OWNER_FILE = "owner"  # in each run dir: {"master", "worker", "pgid"}; read by gunicorn.conf.py
 
 # Every run not yet closed in this process, so that a worker on its way out can kill them all.
 _live_runs: set[CliRun] = set()
@@ -144,6 +145,11 @@ class CliRun:
                 self.spawn_ms = (time.perf_counter() - started) * 1000
         finally:
             os.close(stdin_read)
+        # Who owns this run, for gunicorn's master: if the worker is SIGKILLed, the CLI dies with
+        # it (PDEATHSIG) but what the CLI started would not, nor would this dir be removed;
+        # the master's child_exit hook (gunicorn.conf.py) reads this file and finishes the job.
+        owner = {"master": os.getppid(), "worker": os.getpid(), "pgid": self.proc.pid}
+        (self.dir / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
         self._reader = threading.Thread(target=self._read_stdout, name=f"cli-{self.proc.pid}", daemon=True)
         self._reader.start()
 

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 
-import pytest
 import requests
 
 from tests.conftest import records
@@ -38,7 +37,7 @@ def read_until_closed(sock: socket.socket, limit: float) -> bytes:
         sock.settimeout(max(0.1, deadline - time.monotonic()))
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             break
         if not chunk:
             break
@@ -146,9 +145,8 @@ def test_sigkilled_worker_takes_its_cli_along():
         assert wait_until(serves, 20, interval=0.5)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap, in proxy/cli_run.py: PR_SET_PDEATHSIG reaches the "
-                   "CLI process only; a process the CLI started survives a SIGKILLed worker")
 def test_sigkilled_worker_takes_the_clis_children_along():
+    """PDEATHSIG kills the CLI; the master's child_exit kills its group and removes the run dir."""
     with ProxyServer({"PROXY_STATUS_HOLD": "0.5"}) as server:
         marker = secrets.token_hex(4)
         sock = open_stream(server, f"FAKE:spawn-child {marker}")
@@ -162,6 +160,8 @@ def test_sigkilled_worker_takes_the_clis_children_along():
             os.kill(run["ppid"], signal.SIGKILL)
             assert wait_until(lambda: not pid_alive(run["pid"]), 5), "the CLI itself dies (PDEATHSIG)"
             assert wait_until(lambda: not group_alive(run["pgid"]), 5), "orphaned child of the CLI"
+            run_dir = os.path.dirname(run["cwd"])
+            assert wait_until(lambda: not os.path.exists(run_dir), 5), "the dead worker's run dir is left"
         finally:
             sock.close()
             if grandchild and pid_alive(grandchild):
