@@ -9,7 +9,6 @@ import secrets
 import signal
 import socket
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def chat(server: ProxyServer, text: str, stream: bool = False) -> requests.Respo
     response = requests.post(server.base_url + "/v1/chat/completions", timeout=30, stream=stream,
                              json={"model": "gemini-cli", "messages": ask(text), "stream": stream})
     if stream:
-        response.content  # read to the end
+        assert response.content is not None  # read to the end
     return response
 
 
@@ -65,7 +64,8 @@ def test_counts_from_both_workers(metrics_server):
     for _ in range(5):
         marker = secrets.token_hex(4)
         with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(lambda i: chat(server, f"FAKE:slow:150 {marker} {i}").status_code, range(8)))
+            texts = [f"FAKE:slow:150 {marker} {i}" for i in range(8)]
+            statuses = list(pool.map(lambda text: chat(server, text).status_code, texts))
         assert statuses == [200] * 8
         sent += 8
         served_by |= {r["ppid"] for r in records(server) if r.get("stdin") and marker in r["stdin"]}

@@ -21,7 +21,7 @@ def log_line_for(server, request_id: str) -> str | None:
 def test_header_matches_the_log_line(server, stream):
     response = requests.post(server.base_url + "/v1/chat/completions", timeout=30, json={
         "model": "gemini-cli", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
-    response.content  # a stream logs its line at its end
+    assert response.content is not None  # a stream logs its line at its end
     assert response.status_code == 200
     request_id = response.headers["X-Request-Id"]
     assert re.fullmatch(r"req-[0-9a-f]{16}", request_id)
