@@ -27,6 +27,9 @@ def app(tmp_path: Path):
         "PROXY_STATUS_HOLD": 1.0,
     })
     yield app
+    pool = app.extensions.get("warm_pool")
+    if pool is not None:
+        pool.close()  # warm processes a chat request made it start
 
 
 @pytest.fixture
