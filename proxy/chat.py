@@ -40,7 +40,10 @@ def create_chat_completion():
                        code="context_length_exceeded", param="messages")
     run = start_run(chat, prompt)
     try:
-        timing.spawn_ms = run.spawn_ms
+        # A warm process was spawned before this request: its spawn is not this request's cost.
+        pool_on = current_app.extensions.get("warm_pool") is not None
+        timing.pool = "hit" if run.from_pool else ("miss" if pool_on else "off")
+        timing.spawn_ms = None if run.from_pool else run.spawn_ms
         answer = read_answer(
             run, model=chat.model, cli_model=chat.cli_model,
             deadlines=Deadlines(g.started_monotonic, config["PROXY_REQUEST_TIMEOUT"],

@@ -105,6 +105,7 @@ class CliRun:
         self.returncode: int | None = None
         self.stderr_tail = ""
         self.killed = False
+        self.from_pool = False  # set when a warm process is handed to a request
         self.on_close: list[Callable[[], None]] = []
         self._events: queue.Queue = queue.Queue()
         self._reader: threading.Thread | None = None

@@ -32,6 +32,8 @@ def start_run(chat: ChatRequest, prompt: Prompt) -> CliRun:
         raise ApiError(503, auth.problem, code="gemini_auth_missing", headers=no_retry_headers())
     pool = current_app.extensions.get("warm_pool")
     run = pool.take(chat.cli_model, prompt.system_text) if pool is not None else None
+    if run is not None:
+        run.from_pool = True
     try:
         if run is None:
             slot = current_app.extensions["run_limiter"].acquire()  # or 429 after queueing

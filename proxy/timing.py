@@ -28,6 +28,7 @@ class RequestTiming:
     model: str = "-"
     stream: bool = False
     started: float = field(default_factory=time.perf_counter)
+    pool: str = "-"  # hit (a warm process answered), miss (spawned cold), off (no pool)
     spawn_ms: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -91,8 +92,8 @@ class RequestTiming:
 
         fields = {
             "id": self.request_id, "model": self.model, "stream": str(self.stream).lower(),
-            "status": self.status, "outcome": self.outcome, "spawn_ms": self.spawn_ms, "ttft_ms": self.ttft_ms,
-            "total_ms": self.total_ms, "prompt_tokens": self.prompt_tokens,
+            "status": self.status, "outcome": self.outcome, "pool": self.pool, "spawn_ms": self.spawn_ms,
+            "ttft_ms": self.ttft_ms, "total_ms": self.total_ms, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "tokens_per_s": self.tokens_per_s,
             "exit_code": self.exit_code,
         }

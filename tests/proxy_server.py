@@ -6,7 +6,9 @@ the environment a test chooses, and stops it by pid (TERM, then KILL after a bou
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +40,8 @@ def api_key_config(directory: Path) -> Path:
 class ProxyServer:
     def __init__(self, env: dict[str, str] | None = None, workers: int = 1):
         self.root = Path(tempfile.mkdtemp(prefix="proxy-test-"))
+        # Kept while the test session runs (logs, records), removed when it ends.
+        atexit.register(shutil.rmtree, self.root, True)
         self.run_dir = self.root / "runs"
         self.run_dir.mkdir()
         self.record_dir = self.root / "records"

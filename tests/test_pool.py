@@ -123,6 +123,7 @@ def test_warm_request_body_equals_cold(warm_server, mock, with_image):
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode()}},
     ]
     hits0, misses0 = hits(warm_server), misses(warm_server)
+    lines0 = len(warm_server.request_lines())
 
     assert chat(warm_server, system, content) == "Hello from the mock!"  # a new key: served cold
     cold = last_body(mock)
@@ -134,6 +135,10 @@ def test_warm_request_body_equals_cold(warm_server, mock, with_image):
     warm = last_body(mock)
     assert (hits(warm_server), misses(warm_server)) == (hits0 + 1, misses0 + 1)
 
+    # The request log says which request a warm process served (a stream logs at its very end).
+    assert wait_until(lambda: len(warm_server.request_lines()) >= lines0 + 2, 5)
+    pools = [line.split(" pool=", 1)[1].split()[0] for line in warm_server.request_lines()[lines0:]]
+    assert sorted(pools) == ["hit", "miss"]
     assert RUN_DIR_NAME.search(cold) and len(warm) == len(cold)  # same shape: only random parts differ
     assert masked(warm) == masked(cold)
     if with_image:
