@@ -120,15 +120,7 @@ class WarmPool:
                     _, evicted = self._keys.popitem(last=False)
                     self._doomed.extend((w.run, "key evicted") for w in evicted)
             idle = self._keys[key]
-            for warm in list(idle):
-                if not warm.run.waiting():
-                    idle.remove(warm)
-                    self._doomed.append((warm.run, "died while idle"))
-                    self._note_death(key, now)
-                elif now - warm.born >= self.max_idle:
-                    idle.remove(warm)
-                    self._doomed.append((warm.run, "recycled"))
-                    self.recycled += 1
+            self._sweep(key, idle, now)
             if idle:
                 # The oldest that has finished initialising, else the oldest (closest to ready).
                 found = next((w for w in idle if w.run.ready()), idle[0])
@@ -214,19 +206,24 @@ class WarmPool:
             except Exception:  # noqa: BLE001 - the pool must outlive any one failure
                 log.exception("warm pool upkeep failed")
 
+    def _sweep(self, key: Key, idle: list[_Warm], now: float) -> None:
+        """Take out (to close later) the processes of `idle` that died or waited too long.
+        Called with the lock held."""
+        for warm in list(idle):
+            if not warm.run.waiting():
+                idle.remove(warm)
+                self._doomed.append((warm.run, "died while idle"))
+                self._note_death(key, now)
+            elif now - warm.born >= self.max_idle:
+                idle.remove(warm)
+                self._doomed.append((warm.run, "recycled"))
+                self.recycled += 1
+
     def _tend(self) -> None:
         now = time.monotonic()
         with self._lock:
             for key, idle in self._keys.items():
-                for warm in list(idle):
-                    if not warm.run.waiting():
-                        idle.remove(warm)
-                        self._doomed.append((warm.run, "died while idle"))
-                        self._note_death(key, now)
-                    elif now - warm.born >= self.max_idle:
-                        idle.remove(warm)
-                        self._doomed.append((warm.run, "recycled"))
-                        self.recycled += 1
+                self._sweep(key, idle, now)
             doomed, self._doomed = self._doomed, []
         for run, why in doomed:
             if why == "died while idle":

@@ -12,7 +12,7 @@ import pytest
 
 from proxy import create_app
 from tests.mock_gemini_api import MockGeminiApi
-from tests.proxy_server import FAKE_GEMINI, REAL_GEMINI, ProxyServer, api_key_config
+from tests.proxy_server import FAKE_GEMINI, REAL_GEMINI, ProxyServer, api_key_config, wait_until
 
 
 @pytest.fixture
@@ -98,3 +98,15 @@ def records(server: ProxyServer) -> list[dict]:
         except (OSError, ValueError):
             pass
     return out
+
+
+def run_record(server: ProxyServer, marker: str, timeout: float = 10) -> dict:
+    """The stand-in's record of the run whose stdin holds `marker` (waits for it, bounded)."""
+    found: list[dict] = []
+
+    def look() -> bool:
+        found[:] = [r for r in records(server) if r.get("stdin") and marker in r["stdin"]]
+        return bool(found)
+
+    assert wait_until(look, timeout), f"no CLI run received {marker!r}"
+    return found[-1]

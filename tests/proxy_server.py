@@ -7,6 +7,7 @@ the environment a test chooses, and stops it by pid (TERM, then KILL after a bou
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -166,3 +167,16 @@ def group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+def open_chat_stream(port: int, text: str, headers: dict[str, str] | None = None,
+                     timeout: float = 15) -> socket.socket:
+    """Send a streamed chat request on a raw socket, so that a test can hang up when it likes."""
+    body = json.dumps({"model": "gemini-cli", "stream": True,
+                       "messages": [{"role": "user", "content": text}]}).encode()
+    head = {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": str(len(body))}
+    head.update(headers or {})
+    request = "POST /v1/chat/completions HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(request.encode() + b"\r\n" + body)
+    return sock

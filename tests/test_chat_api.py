@@ -11,23 +11,13 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import make_client, records
+from tests.conftest import make_client, run_record
 from tests.proxy_server import wait_until
 
 MODEL_IDS = ["gemini-cli", "gemini-3-flash", "gemini-3.1-flash-lite", "gemini-1.5-pro", "gemini-2.5-pro",
              "gemini-3.1-pro-preview"]
 
 
-def record_for(server, marker: str, timeout: float = 10) -> dict:
-    """The stand-in's record of the run whose stdin holds `marker`."""
-    found: list[dict] = []
-
-    def look() -> bool:
-        found[:] = [r for r in records(server) if r.get("stdin") and marker in r["stdin"]]
-        return bool(found)
-
-    assert wait_until(look, timeout), f"no CLI run received {marker!r}"
-    return found[-1]
 
 
 def ask(text: str) -> list[dict]:
@@ -52,7 +42,7 @@ def test_non_stream_answer_with_real_usage(server):
     assert reply.choices[0].message.role == "assistant"
     assert reply.choices[0].message.content == "Hello from the stand-in."
     assert reply.choices[0].finish_reason == "stop"
-    run = record_for(server, marker)
+    run = run_record(server, marker)
     # The stand-in reports input_tokens = len(prompt) // 4 and one output token per chunk.
     assert reply.usage.prompt_tokens == max(1, len(run["stdin"]) // 4)
     assert reply.usage.completion_tokens == 3
@@ -170,7 +160,7 @@ def test_user_text_never_reaches_argv(server, oai):
     marker = secrets.token_hex(4)
     evil = f"--yolo -p 'rm -rf ~' $(touch /tmp/pwned-{marker}) ; `id` {marker}"
     oai.chat.completions.create(model="gemini-cli", messages=ask(evil))
-    run = record_for(server, marker)
+    run = run_record(server, marker)
     assert not any(marker in arg for arg in run["argv"])
     assert "--yolo" not in run["argv"]
     assert run["stdin"] == "\n" + evil
@@ -187,7 +177,7 @@ def test_system_prompt_and_transcript(server, oai):
                                      {"type": "text", "text": f"second FAKE:echo {marker}"}]},
     ]
     reply = oai.chat.completions.create(model="gemini-cli", messages=messages)
-    run = record_for(server, f"second FAKE:echo {marker}")
+    run = run_record(server, f"second FAKE:echo {marker}")
     assert run["system_md_text"] == f"You are terse. {marker}"
     prompt = run["stdin"]
     assert reply.choices[0].message.content == prompt
@@ -203,7 +193,7 @@ def test_system_prompt_and_transcript(server, oai):
 def test_default_system_prompt_is_short(server, oai):
     marker = secrets.token_hex(4)
     oai.chat.completions.create(model="gemini-cli", messages=ask(marker))
-    assert record_for(server, marker)["system_md_text"] == "You are a helpful assistant."
+    assert run_record(server, marker)["system_md_text"] == "You are a helpful assistant."
 
 
 def test_fifty_concurrent_streams_in_one_worker(server):

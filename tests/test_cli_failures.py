@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import socket
 import time
 
 import openai
 import pytest
 import requests
 
-from tests.conftest import make_client, records
-from tests.proxy_server import ProxyServer, group_alive, wait_until
+from tests.conftest import make_client, run_record
+from tests.proxy_server import ProxyServer, group_alive, open_chat_stream, wait_until
 
 
 def ask(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def run_with(server, marker: str, timeout: float = 10) -> dict:
-    found: list[dict] = []
-
-    def look() -> bool:
-        found[:] = [r for r in records(server) if r.get("stdin") and marker in r["stdin"]]
-        return bool(found)
-
-    assert wait_until(look, timeout), f"no run got {marker}"
-    return found[-1]
 
 
 def run_dirs(server) -> list[str]:
@@ -142,7 +131,7 @@ def test_first_token_deadline_kills_the_run(tight_server):
     assert response.status_code == 504
     assert "PROXY_FIRST_TOKEN_TIMEOUT" in response.json()["error"]["message"]
     assert time.monotonic() - started < 8
-    run = run_with(tight_server, marker)
+    run = run_record(tight_server, marker)
     assert wait_until(lambda: not group_alive(run["pgid"]), 5)
 
 
@@ -161,16 +150,10 @@ def test_stubborn_cli_is_killed_with_sigkill(tight_server):
     response = requests.post(tight_server.base_url + "/v1/chat/completions", timeout=30, json={
         "model": "gemini-cli", "messages": ask(f"FAKE:stubborn {marker}")})
     assert response.status_code == 504
-    run = run_with(tight_server, marker)
+    run = run_record(tight_server, marker)
     assert wait_until(lambda: not group_alive(run["pgid"]), 5)
 
 
-def _open_stream(server, text: str) -> socket.socket:
-    body = json.dumps({"model": "gemini-cli", "stream": True, "messages": ask(text)}).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    return sock
 
 
 @pytest.mark.parametrize("directive, read_first", [
@@ -180,9 +163,9 @@ def _open_stream(server, text: str) -> socket.socket:
 ])
 def test_disconnect_kills_the_whole_process_group(server, directive, read_first):
     marker = secrets.token_hex(4)
-    sock = _open_stream(server, f"{directive} {marker}")
+    sock = open_chat_stream(server.port, f"{directive} {marker}")
     try:
-        run = run_with(server, marker)
+        run = run_record(server, marker)
         if read_first:
             sock.settimeout(10)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")

@@ -3,11 +3,9 @@ both workers' numbers, whichever worker answers the scrape."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
-import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import records
-from tests.proxy_server import ProxyServer, group_alive, pid_alive, wait_until
+from tests.proxy_server import ProxyServer, group_alive, open_chat_stream, pid_alive, wait_until
 
 
 def ask(text: str) -> list[dict]:
@@ -106,10 +104,7 @@ def test_errors_deadlines_and_disconnects(metrics_server):
 
     # A client that hangs up mid-stream.
     marker = secrets.token_hex(4)
-    body = json.dumps({"model": "gemini-cli", "stream": True, "messages": ask(f"FAKE:slow:400 {marker}")}).encode()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    with open_chat_stream(server.port, f"FAKE:slow:400 {marker}", timeout=10) as sock:
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
 
     def counted(name, **labels):
@@ -133,11 +128,8 @@ def test_in_flight_gauge_and_dead_worker(metrics_server):
     master's child_exit hook drops that worker's live gauges, while counters keep its counts."""
     server = metrics_server
     marker = secrets.token_hex(4)
-    body = json.dumps({"model": "gemini-cli", "stream": True, "messages": ask(f"FAKE:slow:3000 {marker}")}).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock = open_chat_stream(server.port, f"FAKE:slow:3000 {marker}", timeout=10)
     try:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         during = scrape(server)
         assert total(during, "gemini_proxy_run_slots_in_use") == 1  # the warm pool is off here

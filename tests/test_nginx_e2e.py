@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import time
 
 import pytest
 import requests
 
-from tests.conftest import records
+from tests.conftest import run_record
 from tests.nginx_server import start_nginx
-from tests.proxy_server import ProxyServer, group_alive, wait_until
+from tests.proxy_server import ProxyServer, group_alive, open_chat_stream, wait_until
 
 
 def ask(text: str) -> list[dict]:
@@ -27,15 +26,6 @@ def stack(tmp_path_factory):
             yield proxy, nginx
 
 
-def the_run(server: ProxyServer, marker: str) -> dict:
-    found: list[dict] = []
-
-    def look() -> bool:
-        found[:] = [r for r in records(server) if r.get("stdin") and marker in r["stdin"]]
-        return bool(found)
-
-    assert wait_until(look, 10), f"no run got {marker}"
-    return found[-1]
 
 
 def test_stream_chunks_arrive_as_they_are_made(stack):
@@ -67,15 +57,11 @@ def test_stream_chunks_arrive_as_they_are_made(stack):
 def test_client_hangup_through_nginx_kills_the_cli(stack, directive):
     proxy, nginx = stack
     marker = secrets.token_hex(4)
-    body = json.dumps({"model": "gemini-cli", "stream": True, "messages": ask(f"{directive} {marker}")}).encode()
-    sock = socket.create_connection(("127.0.0.1", nginx.port), timeout=10)
+    sock = open_chat_stream(nginx.port, f"{directive} {marker}",
+                            {"Host": "gemini-proxy.example.org", "X-Request-Id": f"e2e-{marker}"}, timeout=10)
     try:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gemini-proxy.example.org\r\n"
-                     b"X-Request-Id: e2e-" + marker.encode() + b"\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
-                     + b"\r\n\r\n" + body)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        run = the_run(proxy, marker)
+        run = run_record(proxy, marker)
         assert group_alive(run["pgid"])
     finally:
         sock.close()

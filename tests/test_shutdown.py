@@ -3,7 +3,6 @@ process outlives the worker that started it (graceful timeout passed, or worker 
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -13,20 +12,14 @@ import time
 
 import requests
 
-from tests.conftest import records
-from tests.proxy_server import ProxyServer, group_alive, pid_alive, wait_until
+from tests.conftest import run_record
+from tests.proxy_server import ProxyServer, group_alive, open_chat_stream, pid_alive, wait_until
 
 
 def ask(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def open_stream(server: ProxyServer, text: str) -> socket.socket:
-    body = json.dumps({"model": "gemini-cli", "stream": True, "messages": ask(text)}).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    return sock
 
 
 def read_until_closed(sock: socket.socket, limit: float) -> bytes:
@@ -45,15 +38,6 @@ def read_until_closed(sock: socket.socket, limit: float) -> bytes:
     return data
 
 
-def the_run(server: ProxyServer, marker: str) -> dict:
-    found: list[dict] = []
-
-    def look() -> bool:
-        found[:] = [r for r in records(server) if r.get("stdin") and marker in r["stdin"]]
-        return bool(found)
-
-    assert wait_until(look, 10), f"no run got {marker}"
-    return found[-1]
 
 
 def workers_of(master_pid: int) -> list[int]:
@@ -64,12 +48,12 @@ def workers_of(master_pid: int) -> list[int]:
 def test_sigterm_lets_a_running_stream_finish():
     with ProxyServer() as server:
         marker = secrets.token_hex(4)
-        sock = open_stream(server, f"FAKE:slow:300 {marker}")  # five chunks, ~1.2 s
+        sock = open_chat_stream(server.port, f"FAKE:slow:300 {marker}")  # five chunks, ~1.2 s
         try:
             sock.settimeout(10)
             first = sock.recv(65536)
             assert first.startswith(b"HTTP/1.1 200")
-            run = the_run(server, marker)
+            run = run_record(server, marker)
             os.kill(server.proc.pid, signal.SIGTERM)  # the gunicorn master: graceful stop
             rest = read_until_closed(sock, 20)
         finally:
@@ -90,12 +74,12 @@ def test_graceful_timeout_passed_kills_the_cli():
            "PROXY_STATUS_HOLD": "0.5"}
     with ProxyServer(env) as server:
         marker = secrets.token_hex(4)
-        sock = open_stream(server, f"FAKE:spawn-child {marker}")  # silent 30 s, a `sleep` child
+        sock = open_chat_stream(server.port, f"FAKE:spawn-child {marker}")  # silent 30 s, a `sleep` child
         try:
             sock.settimeout(10)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            assert wait_until(lambda: the_run(server, marker).get("grandchild_pid"), 10)
-            run = the_run(server, marker)
+            assert wait_until(lambda: run_record(server, marker).get("grandchild_pid"), 10)
+            run = run_record(server, marker)
             stopped_at = time.monotonic()
             os.kill(server.proc.pid, signal.SIGTERM)
             time.sleep(2)
@@ -121,11 +105,11 @@ def test_sigkilled_worker_takes_its_cli_along():
     """No cleanup code runs in a SIGKILLed worker: the CLI dies by PR_SET_PDEATHSIG."""
     with ProxyServer({"PROXY_STATUS_HOLD": "0.5"}) as server:
         marker = secrets.token_hex(4)
-        sock = open_stream(server, f"FAKE:hang {marker}")
+        sock = open_chat_stream(server.port, f"FAKE:hang {marker}")
         try:
             sock.settimeout(10)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            run = the_run(server, marker)
+            run = run_record(server, marker)
             worker = run["ppid"]
             assert worker in workers_of(server.proc.pid), "the CLI's parent is a gunicorn worker"
             os.kill(worker, signal.SIGKILL)
@@ -149,13 +133,13 @@ def test_sigkilled_worker_takes_the_clis_children_along():
     """PDEATHSIG kills the CLI; the master's child_exit kills its group and removes the run dir."""
     with ProxyServer({"PROXY_STATUS_HOLD": "0.5"}) as server:
         marker = secrets.token_hex(4)
-        sock = open_stream(server, f"FAKE:spawn-child {marker}")
+        sock = open_chat_stream(server.port, f"FAKE:spawn-child {marker}")
         grandchild = None
         try:
             sock.settimeout(10)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            assert wait_until(lambda: the_run(server, marker).get("grandchild_pid"), 10)
-            run = the_run(server, marker)
+            assert wait_until(lambda: run_record(server, marker).get("grandchild_pid"), 10)
+            run = run_record(server, marker)
             grandchild = run["grandchild_pid"]
             os.kill(run["ppid"], signal.SIGKILL)
             assert wait_until(lambda: not pid_alive(run["pid"]), 5), "the CLI itself dies (PDEATHSIG)"
