@@ -170,9 +170,10 @@ def group_alive(pgid: int) -> bool:
 
 
 def open_chat_stream(port: int, text: str, headers: dict[str, str] | None = None,
-                     timeout: float = 15) -> socket.socket:
-    """Send a streamed chat request on a raw socket, so that a test can hang up when it likes."""
-    body = json.dumps({"model": "gemini-cli", "stream": True,
+                     timeout: float = 15, stream: bool = True) -> socket.socket:
+    """Send a chat request (streamed by default) on a raw socket, so that a test can hang up
+    when it likes."""
+    body = json.dumps({"model": "gemini-cli", "stream": stream,
                        "messages": [{"role": "user", "content": text}]}).encode()
     head = {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": str(len(body))}
     head.update(headers or {})

@@ -181,6 +181,20 @@ def test_disconnect_kills_the_whole_process_group(server, directive, read_first)
     assert wait_until(lambda: not os.path.exists(workdir), 5), "run dir left behind"
 
 
+def test_disconnect_during_a_non_streamed_request_kills_the_run(server):
+    """No body is being written, so the proxy watches the socket itself."""
+    marker = secrets.token_hex(4)
+    sock = open_chat_stream(server.port, f"FAKE:hang {marker}", stream=False)
+    try:
+        run = run_record(server, marker)
+        time.sleep(0.5)
+    finally:
+        sock.close()
+    assert wait_until(lambda: not group_alive(run["pgid"]), 8), "CLI process group still running"
+    assert wait_until(lambda: any("outcome=client_closed" in line and " stream=false " in line
+                                  for line in server.request_lines()), 5)
+
+
 def test_nothing_left_behind_after_requests(server, oai):
     oai.chat.completions.create(model="gemini-cli", messages=ask("one"))
     list(oai.chat.completions.create(model="gemini-cli", messages=ask("two FAKE:slow:10"), stream=True))
