@@ -75,6 +75,12 @@ def live_run_count() -> int:
 _HIDDEN_ENV_PREFIXES = ("PROXY_", "PROMETHEUS_", "GUNICORN_")
 
 
+def cli_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The proxy's environment as any gemini process it starts may see it."""
+    return {k: v for k, v in (os.environ if environ is None else environ).items()
+            if not k.startswith(_HIDDEN_ENV_PREFIXES)}
+
+
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux
@@ -122,8 +128,7 @@ class CliRun:
         """Start the CLI for one model and system prompt; it then waits for `feed()`."""
         self.system_file.write_text(system_text, encoding="utf-8")
         argv = [gemini_bin, "-m", cli_model, "-o", "stream-json", "--approval-mode", "default"]
-        env = {k: v for k, v in (os.environ if environ is None else environ).items()
-               if not k.startswith(_HIDDEN_ENV_PREFIXES)}
+        env = cli_environment(environ)
         env.update({
             "GEMINI_CLI_HOME": str(self.home),
             "GEMINI_SYSTEM_MD": str(self.system_file),

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from .cli_run import cli_environment
+
 bp = Blueprint("health", __name__)
 
 VERSION_TTL = 60.0       # seconds a successful `--version` is trusted
 FAILURE_TTL = 5.0        # ... and a failed one (so a fix shows soon)
 VERSION_TIMEOUT = 10.0   # the CLI takes ~1 s to start; far more means it is stuck
 
-# Environment the CLI must not see (as in cli_run): the proxy's own settings and secrets.
-_HIDDEN_ENV_PREFIXES = ("PROXY_", "PROMETHEUS_", "GUNICORN_")
 
 
 @dataclass
@@ -52,7 +52,7 @@ def _run_version(gemini_bin: str | None) -> VersionCheck:
     now = time.monotonic()
     if not gemini_bin:
         return VersionCheck(False, "no `gemini` on PATH and GEMINI_BIN is not set", now)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_HIDDEN_ENV_PREFIXES)}
+    env = cli_environment()
     try:
         done = subprocess.run([gemini_bin, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=VERSION_TIMEOUT, env=env, close_fds=True)
