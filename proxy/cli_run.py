@@ -67,10 +67,6 @@ def close_all_runs() -> int:
     return len(runs)
 
 
-def live_run_count() -> int:
-    return len(_live_runs)
-
-
 # Environment the CLI must not inherit from the proxy: its own secrets and settings.
 _HIDDEN_ENV_PREFIXES = ("PROXY_", "PROMETHEUS_", "GUNICORN_")
 
@@ -110,7 +106,6 @@ class CliRun:
         self.spawn_ms: float | None = None
         self.returncode: int | None = None
         self.stderr_tail = ""
-        self.killed = False
         self.from_pool = False  # set when a warm process is handed to a request
         self.on_close: list[Callable[[], None]] = []
         self._events: queue.Queue = queue.Queue()
@@ -294,8 +289,6 @@ class CliRun:
             return
         pgid = proc.pid  # a new session: the leader's pid is the group id
         # Signal before reaping: an unreaped leader keeps the group id from being reused.
-        if proc.poll() is None:
-            self.killed = True
         if self._group_alive(pgid):
             try:
                 os.killpg(pgid, signal.SIGTERM)
