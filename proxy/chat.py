@@ -54,8 +54,7 @@ def create_chat_completion():
             return stream_response(chat, run, answer, timing)
         return completion_response(chat, run, answer, timing)
     except BaseException:
-        run.close()
-        timing.exit_code = run.returncode
+        close_run(run, timing)
         raise
 
 
@@ -74,8 +73,7 @@ def completion_response(chat: ChatRequest, run: CliRun, answer: Iterator, timing
         timing.outcome = "client_closed"
         return Response(status=499)
     finally:
-        run.close()
-        timing.exit_code = run.returncode
+        close_run(run, timing)
     timing.usage(finished.usage)
     body = to_completion(completion_id(), int(time.time()), chat.model, "".join(texts),
                          finished.finish_reason, finished.usage)
@@ -96,7 +94,7 @@ def stream_response(chat: ChatRequest, run: CliRun, answer: Iterator, timing: Re
             if not isinstance(item, Silence) or time.monotonic() >= hold_until:
                 break
     except ClientGone:
-        run.close()
+        close_run(run, timing)
         timing.outcome = "client_closed"
         return Response(status=499)
 
@@ -108,8 +106,7 @@ def stream_response(chat: ChatRequest, run: CliRun, answer: Iterator, timing: Re
     def finish(outcome: str) -> None:
         if timing.emitted:
             return
-        run.close()
-        timing.exit_code = run.returncode
+        close_run(run, timing)
         timing.finish(200, outcome)
         timing.emit()
 
@@ -146,6 +143,12 @@ def stream_response(chat: ChatRequest, run: CliRun, answer: Iterator, timing: Re
     # If the body is never iterated (client gone first), this still closes the run.
     response.call_on_close(lambda: finish("client_closed"))
     return response
+
+
+def close_run(run: CliRun, timing: RequestTiming) -> None:
+    """End the request's CLI run (idempotent) and note how it exited."""
+    run.close()
+    timing.exit_code = run.returncode
 
 
 def completion_id() -> str:
