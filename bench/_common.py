@@ -137,28 +137,26 @@ def fd_count(pid: int) -> int:
         return -1
 
 
-def rss_kb(pid: int) -> int:
-    """VmRSS of one process, in kB (0 if gone)."""
+def _proc_kb(path: str, field: str) -> int:
+    """A `<field>: <n> kB` line of a /proc file, in kB (0 if the file or line is not there)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of one process, in kB (0 if gone)."""
+    return _proc_kb(f"/proc/{pid}/status", "VmRSS")
 
 
 def pss_kb(pid: int) -> int:
     """Proportional set size (shared pages split among their users), in kB; 0 if unavailable."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def worker_pid(master_pid: int, timeout: float = 10) -> int:
