@@ -1,21 +1,35 @@
-"""Reading a CLI run's stream-json events as an answer: text deltas, silence, the end.
+"""Reading a CLI run's stream-json events as an answer: text, tool calls, silence, the end.
 
-`read_answer` yields `Delta` for each piece of assistant text, `Silence` whenever the CLI
-has said nothing for a heartbeat interval, and one `Finished` at the end; it raises
-`ApiError` for a failed run or a passed deadline, and `ClientGone` when the client left.
-Streamed and non-streamed replies are both built from it.
+`read_answer` yields `Delta` for each piece of assistant text, `ToolCalled` for each call of
+a client tool, `Silence` whenever the CLI has said nothing for a heartbeat interval, and one
+`Finished` at the end; it raises `ApiError` for a failed run or a passed deadline, and
+`ClientGone` when the client left. Every API front-end, streamed or not, builds its reply
+from these events.
+
+A model turn that calls client tools ends the run: the CLI prints a `tool_use` event for
+every call of the turn while the turn streams, then calls them all through the run's MCP
+tool server, which reports the first call on the run's socket (`tool_called`) and never
+answers. By then every `tool_use` line is in the stdout pipe (the CLI writes stdout
+synchronously before it calls a tool), so draining stdout collects the whole turn.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .cli_errors import classify_failure
-from .cli_run import EOF, CliRun
+from .cli_run import EOF, TOOL_CALLED, CliRun
+from .conversation import ToolCall
 from .errors import ApiError, no_retry_headers
-from .openai_format import usage_from_stats
+from .openai_format import json_text, usage_from_stats
+
+# After the first tool call reaches the MCP server: stdout is drained until it has been quiet
+# this long with nothing left in the pipe, and for no longer than SETTLE_MAX.
+SETTLE_QUIET = 0.05
+SETTLE_MAX = 1.0
 
 SAFETY_MARKER = "blocked due to safety"
 
@@ -26,14 +40,28 @@ class Delta:
 
 
 @dataclass
+class ToolCalled:
+    call: ToolCall
+
+
+@dataclass
 class Silence:
     pass
 
 
 @dataclass
 class Finished:
-    finish_reason: str
+    finish_reason: str  # stop, length, content_filter or tool_calls (OpenAI's names)
     usage: dict[str, int] | None
+
+
+@dataclass
+class AnswerShape:
+    """What the request fixed that reading the answer needs."""
+
+    tool_names: dict[str, str]  # the names the CLI reports client tool calls under -> client names
+    parallel_tool_calls: bool = True
+    max_output_tokens: int | None = None
 
 
 class ClientGone(Exception):
@@ -58,12 +86,15 @@ class Deadlines:
 
 
 def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines, heartbeat: float,
-                client_gone: Callable[[], bool] = lambda: False) -> Iterator[Delta | Silence | Finished]:
+                shape: AnswerShape | None = None,
+                client_gone: Callable[[], bool] = lambda: False) -> Iterator[Delta | ToolCalled | Silence | Finished]:
+    shape = shape or AnswerShape(tool_names={})
     got_text = False
+    calls: list[ToolCall] = []
     result: dict | None = None
     warnings: list[str] = []
     while True:
-        left, which = deadlines.remaining(got_text)
+        left, which = deadlines.remaining(got_text or bool(calls))
         if left <= 0:
             # Retrying would likely time out again, at the cost of another full run.
             raise ApiError(504, _deadline_message(which, deadlines), code="deadline_exceeded",
@@ -82,6 +113,18 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
             if isinstance(text, str) and text:
                 got_text = True
                 yield Delta(text)
+        elif kind == "tool_use":
+            call = _client_call(event, shape, calls)
+            if call is not None:
+                calls.append(call)
+                yield ToolCalled(call)
+        elif kind in (TOOL_CALLED, "tool_result") and calls:
+            # The turn is over and its calls are being run: collect the rest of them, end here.
+            for call in _settle(run, shape, calls):
+                calls.append(call)
+                yield ToolCalled(call)
+            yield Finished("tool_calls", None)
+            return
         elif kind == "error":
             warnings.append(str(event.get("message", "")))
         elif kind == "result":
@@ -89,7 +132,8 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
     exit_code = run.finish()
     stats = result.get("stats") if result else None
     if result and result.get("status") == "success":
-        yield Finished("stop", usage_from_stats(stats))
+        usage = usage_from_stats(stats)
+        yield Finished("length" if _hit_limit(stats, shape.max_output_tokens) else "stop", usage)
         return
     if result and not result.get("error") and any(SAFETY_MARKER in w for w in warnings):
         yield Finished("content_filter", usage_from_stats(stats))
@@ -99,6 +143,45 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
     if not message and warnings:
         message = "; ".join(w for w in warnings if w)
     raise classify_failure(exit_code, message, run.stderr_tail, model, cli_model)
+
+
+def _client_call(event: dict, shape: AnswerShape, calls: list[ToolCall]) -> ToolCall | None:
+    """A `tool_use` event as the client's call, or None (a built-in tool, or one call too many)."""
+    name = shape.tool_names.get(str(event.get("tool_name")))
+    if name is None or (calls and not shape.parallel_tool_calls):
+        return None
+    arguments = event.get("parameters")
+    return ToolCall(id=f"call_{secrets.token_hex(12)}", name=name,
+                    arguments=json_text(arguments if isinstance(arguments, dict) else {}))
+
+
+def _settle(run: CliRun, shape: AnswerShape, calls: list[ToolCall]) -> Iterator[ToolCall]:
+    """The rest of the turn's calls: what stdout still holds once the tool server has been called."""
+    known = list(calls)
+    deadline = time.monotonic() + SETTLE_MAX
+    while time.monotonic() < deadline:
+        event = run.next_event(SETTLE_QUIET)
+        if event is None:
+            if run.stdout_pending() == 0:
+                return
+            continue
+        if event is EOF:
+            return
+        if event.get("type") == "tool_use":
+            call = _client_call(event, shape, known)
+            if call is not None:
+                known.append(call)
+                yield call
+
+
+def _hit_limit(stats: dict | None, limit: int | None) -> bool:
+    """Whether the answer stopped at `max_tokens`: the CLI reports no finish reason, so its output
+    token count (with the thoughts', which count against the same limit) is compared with it."""
+    if not limit or not stats:
+        return False
+    output = int(stats.get("output_tokens") or 0)
+    thoughts = max(0, int(stats.get("total_tokens") or 0) - int(stats.get("input_tokens") or 0) - output)
+    return output + thoughts >= limit
 
 
 def _deadline_message(which: str, deadlines: Deadlines) -> str:

@@ -1,22 +1,26 @@
-"""ChatRequest: a validated OpenAI chat completion request.
+"""ChatRequest: an OpenAI chat completion request, validated, as a `Conversation`.
 
-Only what the gateway uses is kept; every other OpenAI parameter (temperature, top_p,
-max_tokens, stop, seed, tools, user, metadata, ...) is accepted and ignored, but still
-type-checked so that a malformed request gets a 400 rather than a silent surprise.
+What the gateway can honour is honoured (generation settings, tools, response formats);
+what would change the reply in a way it cannot deliver (`n` > 1, `logprobs`, audio output)
+is refused with a 400 naming the parameter; hints that change nothing the client gets back
+(`user`, `metadata`, `store`, penalties, ...) are accepted, type-checked, and ignored.
+Any body a client can send gets either a `ChatRequest` or an `ApiError` (4xx).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from .conversation import Conversation, Image, Message, Part, Tool, ToolCall, ToolResult
 from .errors import ApiError
+from .generation import REASONING_EFFORTS, Generation
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-SYSTEM_ROLES = {"system", "developer"}
 
 # Image types the CLI turns into inlineData parts, by the extension it infers them from.
 IMAGE_TYPES = {
@@ -31,84 +35,42 @@ IMAGE_TYPES = {
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the CLI silently drops larger files
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
 
-# Ignored parameters and the JSON types they may have (None = JSON null allowed everywhere).
+# Function names as the OpenAI API accepts them.
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_STOP_SEQUENCES = 5  # Gemini's limit (OpenAI's is 4)
+
 _NUMBER = (int, float)
+# Accepted and ignored: they change nothing the client gets back (JSON null allowed for all).
 IGNORED_PARAMS: dict[str, tuple[type, ...]] = {
-    "temperature": _NUMBER,
-    "top_p": _NUMBER,
     "frequency_penalty": _NUMBER,
     "presence_penalty": _NUMBER,
-    "max_tokens": (int,),
-    "max_completion_tokens": (int,),
-    "seed": (int,),
-    "stop": (str, list),
     "logit_bias": (dict,),
-    "logprobs": (bool,),
-    "top_logprobs": (int,),
     "user": (str,),
     "metadata": (dict,),
-    "tools": (list,),
-    "tool_choice": (str, dict),
-    "parallel_tool_calls": (bool,),
-    "response_format": (dict,),
-    "reasoning_effort": (str,),
-    "service_tier": (str,),
     "store": (bool,),
-    "modalities": (list,),
-    "audio": (dict,),
+    "service_tier": (str,),
     "prediction": (dict,),
-    "functions": (list,),
-    "function_call": (str, dict),
+    "prompt_cache_key": (str,),
+    "safety_identifier": (str,),
+    "verbosity": (str,),
+    "web_search_options": (dict,),
 }
-
-
-@dataclass(eq=False)  # compared by identity: two equal images are still two parts
-class Image:
-    """An image part from a `data:` URL, to be written into the run's workspace."""
-
-    mime: str
-    extension: str
-    data: bytes
-
-
-@dataclass
-class Message:
-    """One message: its role and its content, text and images in their order."""
-
-    role: str
-    parts: list[str | Image] = field(default_factory=list)
-    name: str | None = None
-
-    @property
-    def text(self) -> str:
-        return "\n".join(p for p in self.parts if isinstance(p, str))
-
-    @property
-    def images(self) -> list[Image]:
-        return [p for p in self.parts if isinstance(p, Image)]
 
 
 @dataclass
 class ChatRequest:
-    """What a chat completion request asks the gateway to do."""
+    """A chat completion request: the conversation plus OpenAI wire options."""
 
-    model: str
-    cli_model: str
-    messages: list[Message]
-    stream: bool = False
+    conversation: Conversation
     include_usage: bool = False
 
     @property
-    def system_text(self) -> str:
-        return "\n\n".join(m.text for m in self.messages if m.role in SYSTEM_ROLES and m.text.strip())
+    def model(self) -> str:
+        return self.conversation.model
 
     @property
-    def conversation(self) -> list[Message]:
-        return [m for m in self.messages if m.role not in SYSTEM_ROLES]
-
-    @property
-    def images(self) -> list[Image]:
-        return [image for m in self.messages for image in m.images]
+    def stream(self) -> bool:
+        return self.conversation.stream
 
     @classmethod
     def from_json(cls, body: Any, models: dict[str, str]) -> ChatRequest:
@@ -116,123 +78,313 @@ class ChatRequest:
             raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise _bad("`model` is required and must be a string.", "model")
+            raise bad("`model` is required and must be a string.", "model")
         if model not in models:
             known = ", ".join(models)
             raise ApiError(404, f"The model `{model}` does not exist. Available models: {known}.",
                            code="model_not_found", param="model")
-        stream = _optional(body, "stream", (bool,)) or False
-        options = _optional(body, "stream_options", (dict,)) or {}
+        stream = optional(body, "stream", (bool,)) or False
+        options = optional(body, "stream_options", (dict,)) or {}
         include_usage = options.get("include_usage", False)
         if not isinstance(include_usage, bool):
-            raise _bad("`stream_options.include_usage` must be a boolean.", "stream_options")
-        n = _optional(body, "n", (int,))
-        if n is not None and n != 1:
-            raise _bad("Only `n: 1` is supported: the gateway returns one choice.", "n")
+            raise bad("`stream_options.include_usage` must be a boolean.", "stream_options")
+        _refuse_unservable(body)
         for name, types in IGNORED_PARAMS.items():
-            _optional(body, name, types)
+            optional(body, name, types)
         raw_messages = body.get("messages")
         if not isinstance(raw_messages, list) or not raw_messages:
-            raise _bad("`messages` must be a non-empty array.", "messages")
+            raise bad("`messages` must be a non-empty array.", "messages")
         messages = [_message(raw, i) for i, raw in enumerate(raw_messages)]
-        if not any(m.role not in SYSTEM_ROLES for m in messages):
-            raise _bad("`messages` needs at least one user message.", "messages")
-        return cls(model=model, cli_model=models[model], messages=messages, stream=stream,
-                   include_usage=bool(stream and include_usage))
+        _pair_tool_results(messages)
+        tools, tool_choice = _tools(body)
+        conversation = Conversation(
+            model=model, cli_model=models[model], messages=messages, tools=tools, tool_choice=tool_choice,
+            parallel_tool_calls=optional(body, "parallel_tool_calls", (bool,)) is not False,
+            generation=_generation(body), stream=stream,
+        )
+        return cls(conversation=conversation, include_usage=bool(stream and include_usage))
 
 
-def _bad(message: str, param: str | None) -> ApiError:
+def bad(message: str, param: str | None) -> ApiError:
     return ApiError(400, message, code="invalid_request", param=param)
 
 
-def _optional(body: dict, name: str, types: tuple[type, ...]) -> Any:
+def optional(body: dict, name: str, types: tuple[type, ...], param: str | None = None) -> Any:
+    """`body[name]` if present and of one of `types`, None if absent or null, else a 400."""
     value = body.get(name)
     if value is None:
         return None
     # bool is an int in Python; a JSON true is not a number here.
-    if isinstance(value, bool) and bool not in types:
-        raise _bad(f"`{name}` has the wrong type.", name)
-    if not isinstance(value, types):
-        raise _bad(f"`{name}` has the wrong type.", name)
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise bad(f"`{param or name}` has the wrong type.", param or name)
     return value
+
+
+def _number(body: dict, name: str, low: float, high: float | None) -> float | None:
+    value = optional(body, name, _NUMBER)
+    if value is not None and not (low <= value and (high is None or value <= high)):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise bad(f"`{name}` must be {bounds}.", name)
+    return value
+
+
+def _refuse_unservable(body: dict) -> None:
+    """Parameters whose effect the gateway cannot deliver: a 400 rather than a silent surprise."""
+    n = optional(body, "n", (int,))
+    if n is not None and n != 1:
+        raise bad("Only `n: 1` is supported: the gemini CLI returns one answer per request.", "n")
+    if optional(body, "logprobs", (bool,)):
+        raise bad("`logprobs` is not supported: the gemini CLI does not report token log probabilities.",
+                  "logprobs")
+    if optional(body, "top_logprobs", (int,)):
+        raise bad("`top_logprobs` is not supported: the gemini CLI does not report token log "
+                  "probabilities.", "top_logprobs")
+    if optional(body, "audio", (dict,)) is not None:
+        raise bad("`audio` output is not supported: this gateway answers in text.", "audio")
+    modalities = optional(body, "modalities", (list,))
+    if modalities is not None and any(m != "text" for m in modalities):
+        raise bad("Only the `text` modality is supported: this gateway answers in text.", "modalities")
+
+
+def _generation(body: dict) -> Generation:
+    max_tokens = optional(body, "max_completion_tokens", (int,))
+    name = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, name = optional(body, "max_tokens", (int,)), "max_tokens"
+    if max_tokens is not None and max_tokens < 1:
+        raise bad(f"`{name}` must be at least 1.", name)
+    top_k = optional(body, "top_k", (int,))
+    if top_k is not None and top_k < 1:
+        raise bad("`top_k` must be at least 1.", "top_k")
+    stop = optional(body, "stop", (str, list))
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(s, str) for s in stops):
+        raise bad("`stop` must be a string or an array of strings.", "stop")
+    stops = [s for s in stops if s]
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise bad(f"`stop` may hold at most {MAX_STOP_SEQUENCES} sequences.", "stop")
+    effort = optional(body, "reasoning_effort", (str,))
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise bad(f"`reasoning_effort` must be one of {', '.join(REASONING_EFFORTS)}.", "reasoning_effort")
+    json_output, schema = _response_format(optional(body, "response_format", (dict,)))
+    return Generation(
+        temperature=_number(body, "temperature", 0, 2), top_p=_number(body, "top_p", 0, 1), top_k=top_k,
+        max_output_tokens=max_tokens, stop=tuple(stops), seed=optional(body, "seed", (int,)),
+        json_output=json_output, json_schema=schema, reasoning_effort=effort,
+    )
+
+
+def _response_format(value: dict | None) -> tuple[bool, dict | None]:
+    if value is None:
+        return False, None
+    kind = value.get("type")
+    if kind == "text":
+        return False, None
+    if kind == "json_object":
+        return True, None
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise bad("`response_format.json_schema.schema` must be a JSON schema object.", "response_format")
+        return True, schema
+    raise bad("`response_format.type` must be `text`, `json_object` or `json_schema`.", "response_format")
+
+
+def _tools(body: dict) -> tuple[list[Tool], str]:
+    """`tools` + `tool_choice`, or the legacy `functions` + `function_call`."""
+    raw_tools = optional(body, "tools", (list,))
+    choice_param = "tool_choice"
+    if raw_tools is None and optional(body, "functions", (list,)) is not None:
+        raw_tools = [{"type": "function", "function": f} for f in body["functions"]]
+        choice_param = "function_call"
+    tools: list[Tool] = []
+    for i, raw in enumerate(raw_tools or []):
+        param = f"tools[{i}]"
+        if not isinstance(raw, dict) or raw.get("type", "function") != "function":
+            raise bad(f"`{param}`: only tools of type `function` are supported.", param)
+        function = raw.get("function")
+        if not isinstance(function, dict):
+            raise bad(f"`{param}.function` must be an object.", param)
+        tools.append(_tool(function, param))
+    if len({t.name for t in tools}) != len(tools):
+        raise bad("`tools` has two functions of the same name.", "tools")
+    choice = _tool_choice(optional(body, choice_param, (str, dict)), choice_param, tools)
+    return tools, choice
+
+
+def _tool(function: dict, param: str) -> Tool:
+    name = function.get("name")
+    if not isinstance(name, str) or not TOOL_NAME.match(name):
+        raise bad(f"`{param}.function.name` must be 1-64 letters, digits, `_` or `-`.", param)
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise bad(f"`{param}.function.description` must be a string.", param)
+    parameters = function.get("parameters")
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise bad(f"`{param}.function.parameters` must be a JSON schema object.", param)
+    return Tool(name=name, description=description or "", parameters=parameters)
+
+
+def _tool_choice(value: str | dict | None, param: str, tools: list[Tool]) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, str):
+        if value not in {"auto", "none", "required"}:
+            raise bad(f"`{param}` must be `auto`, `none`, `required` or a function.", param)
+        if value == "required" and not tools:
+            raise bad(f"`{param}: required` needs `tools`.", param)
+        return value
+    function = value.get("function") if param == "tool_choice" else value
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or name not in {t.name for t in tools}:
+        raise bad(f"`{param}` names a function that is not in `tools`.", param)
+    return name
 
 
 def _message(raw: Any, index: int) -> Message:
     param = f"messages[{index}]"
     if not isinstance(raw, dict):
-        raise _bad(f"`{param}` must be an object.", param)
+        raise bad(f"`{param}` must be an object.", param)
     role = raw.get("role")
-    if role not in ROLES:
-        raise _bad(f"`{param}.role` must be one of {', '.join(sorted(ROLES))}.", f"{param}.role")
-    name = raw.get("name") if isinstance(raw.get("name"), str) else None
-    if role == "tool" and isinstance(raw.get("tool_call_id"), str):
-        name = name or raw["tool_call_id"]
-    parts = _content(raw.get("content"), f"{param}.content")
+    if not isinstance(role, str) or role not in ROLES:
+        raise bad(f"`{param}.role` must be one of {', '.join(sorted(ROLES))}.", f"{param}.role")
+    name = optional(raw, "name", (str,), f"{param}.name")
+    parts = _content(raw.get("content"), f"{param}.content", allow_images=role == "user")
+    if role == "developer":
+        role = "system"
     if role == "assistant":
-        parts += _tool_calls(raw.get("tool_calls"), param)
-    message = Message(role=role, parts=parts, name=name)
-    if message.images and role != "user":
-        raise _bad(f"`{param}`: images are only supported in user messages.", f"{param}.content")
-    return message
+        parts += _tool_calls(raw, param, index)
+    elif role == "tool":
+        call_id = raw.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise bad(f"`{param}.tool_call_id` is required for a tool message.", f"{param}.tool_call_id")
+        parts = [ToolResult(call_id=call_id, content=_joined(parts))]
+    elif role == "function":
+        if not name:
+            raise bad(f"`{param}.name` is required for a function message.", f"{param}.name")
+        role, parts = "tool", [ToolResult(call_id="", content=_joined(parts), name=name)]
+    return Message(role=role, parts=parts, name=name)
 
 
-def _content(content: Any, param: str) -> list[str | Image]:
+def _joined(parts: list[Part]) -> str:
+    return "\n".join(p for p in parts if isinstance(p, str))
+
+
+def _content(content: Any, param: str, allow_images: bool) -> list[Part]:
     if content is None:
         return []
     if isinstance(content, str):
         return [content]
     if not isinstance(content, list):
-        raise _bad(f"`{param}` must be a string or an array of content parts.", param)
-    parts: list[str | Image] = []
+        raise bad(f"`{param}` must be a string or an array of content parts.", param)
+    parts: list[Part] = []
     for i, part in enumerate(content):
         part_param = f"{param}[{i}]"
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise _bad(f"`{part_param}` must be an object with a `type`.", part_param)
+            raise bad(f"`{part_param}` must be an object with a `type`.", part_param)
         kind = part["type"]
-        if kind in {"text", "input_text"}:
-            if not isinstance(part.get("text"), str):
-                raise _bad(f"`{part_param}.text` must be a string.", part_param)
-            parts.append(part["text"])
+        if kind in {"text", "input_text", "output_text", "refusal"}:
+            text = part.get("refusal") if kind == "refusal" else part.get("text")
+            if not isinstance(text, str):
+                raise bad(f"`{part_param}.{'refusal' if kind == 'refusal' else 'text'}` must be a string.",
+                          part_param)
+            parts.append(text)
+        elif kind == "image_url" and allow_images:
+            parts.append(image_from_url(part.get("image_url"), part_param))
         elif kind == "image_url":
-            parts.append(_image(part.get("image_url"), part_param))
+            raise bad(f"`{part_param}`: images are only supported in user messages.", part_param)
         else:
-            raise _bad(f"Content parts of type `{kind}` are not supported; send text or image_url "
-                       "(base64 data: URLs) parts.", part_param)
+            raise bad(f"Content parts of type `{kind[:40]}` are not supported; send text or image_url "
+                      "(base64 data: URLs) parts.", part_param)
     return parts
 
 
-def _image(value: Any, param: str) -> Image:
+def image_from_url(value: Any, param: str) -> Image:
+    """An image from an OpenAI `image_url` value (`{"url": ...}` or the URL itself)."""
     url = value.get("url") if isinstance(value, dict) else value
     if not isinstance(url, str):
-        raise _bad(f"`{param}.image_url.url` must be a string.", param)
+        raise bad(f"`{param}.image_url.url` must be a string.", param)
     if url.startswith(("http://", "https://")):
-        raise _bad("Remote image URLs are not fetched by this gateway; send the image inline as a "
-                   "base64 `data:` URL.", param)
+        raise bad("Remote image URLs are not fetched by this gateway; send the image inline as a "
+                  "base64 `data:` URL.", param)
     match = DATA_URL.match(url)
     if not match:
-        raise _bad(f"`{param}.image_url.url` must be a base64 `data:` URL.", param)
+        raise bad(f"`{param}.image_url.url` must be a base64 `data:` URL.", param)
     mime = match["mime"].lower()
     if mime not in IMAGE_TYPES:
-        raise _bad(f"Image type `{mime}` is not supported; use one of "
-                   f"{', '.join(sorted(set(IMAGE_TYPES) - {'image/jpg'}))}.", param)
+        raise bad(f"Image type `{mime[:60]}` is not supported; use one of "
+                  f"{', '.join(sorted(set(IMAGE_TYPES) - {'image/jpg'}))}.", param)
     try:
         data = base64.b64decode(match["data"], validate=True)
     except (binascii.Error, ValueError):
-        raise _bad(f"`{param}.image_url.url` is not valid base64.", param) from None
+        raise bad(f"`{param}.image_url.url` is not valid base64.", param) from None
     if len(data) > MAX_IMAGE_BYTES:
-        raise _bad(f"An image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB.", param)
+        raise bad(f"An image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB.", param)
     return Image(mime=mime, extension=IMAGE_TYPES[mime], data=data)
 
 
-def _tool_calls(tool_calls: Any, param: str) -> list[str | Image]:
-    """An assistant turn's tool calls as text, so the model sees its own history."""
-    if tool_calls is None:
-        return []
-    if not isinstance(tool_calls, list):
-        raise _bad(f"`{param}.tool_calls` must be an array.", f"{param}.tool_calls")
-    lines: list[str | Image] = []
-    for call in tool_calls:
+def _tool_calls(raw: dict, param: str, index: int) -> list[Part]:
+    """An assistant turn's `tool_calls` (or legacy `function_call`), validated."""
+    calls: list[Part] = []
+    raw_calls = raw.get("tool_calls")
+    if raw_calls is not None and not isinstance(raw_calls, list):
+        raise bad(f"`{param}.tool_calls` must be an array.", f"{param}.tool_calls")
+    for i, call in enumerate(raw_calls or []):
+        call_param = f"{param}.tool_calls[{i}]"
         function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            lines.append(f"[called tool {function.get('name')} with arguments {function.get('arguments')}]")
-    return lines
+        call_id = call.get("id") if isinstance(call, dict) else None
+        if not isinstance(call_id, str) or not call_id or not isinstance(function, dict):
+            raise bad(f"`{call_param}` needs an `id` and a `function`.", call_param)
+        calls.append(_call(call_id, function, call_param))
+    legacy = raw.get("function_call")
+    if legacy is not None:
+        if not isinstance(legacy, dict):
+            raise bad(f"`{param}.function_call` must be an object.", f"{param}.function_call")
+        # The legacy form has no ids: the `function` message after it answers it by name.
+        calls.append(_call(f"call_legacy_{index}", legacy, f"{param}.function_call"))
+    return calls
+
+
+def _call(call_id: str, function: dict, param: str) -> ToolCall:
+    name, arguments = function.get("name"), function.get("arguments", "{}")
+    if not isinstance(name, str) or not name:
+        raise bad(f"`{param}.function.name` must be a string.", param)
+    if isinstance(arguments, dict):  # some clients send the object itself
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    if not isinstance(arguments, str):
+        raise bad(f"`{param}.function.arguments` must be a JSON string.", param)
+    return ToolCall(id=call_id, name=name, arguments=arguments)
+
+
+def _pair_tool_results(messages: list[Message]) -> None:
+    """Every tool result answers a call made earlier in the conversation, and the results of an
+    assistant turn's calls come right after it: the model must get them paired, in order."""
+    open_calls: dict[str, ToolCall] = {}
+    for i, message in enumerate(messages):
+        param = f"messages[{i}]"
+        if open_calls and message.role != "tool":
+            raise _unanswered(open_calls, f"before `{param}`")
+        for result in message.tool_results:
+            if not result.call_id:  # legacy `function` message: the open call of that name
+                result.call_id = next((c.id for c in open_calls.values() if c.name == result.name), "")
+            call = open_calls.pop(result.call_id, None)
+            if call is None:
+                what = f"`{result.call_id[:80]}`" if result.call_id else f"of function `{result.name}`"
+                raise bad(f"`{param}`: the tool result {what} does not answer a tool call of the assistant "
+                          "message before it (or that call was already answered).", f"{param}.tool_call_id")
+            result.name = call.name
+        for call in message.tool_calls:
+            if call.id in open_calls:
+                raise bad(f"`{param}` has two tool calls with the id `{call.id[:80]}`.", f"{param}.tool_calls")
+            open_calls[call.id] = call
+    if open_calls:
+        raise _unanswered(open_calls, "at the end of `messages`")
+
+
+def _unanswered(open_calls: dict[str, ToolCall], where: str) -> ApiError:
+    missing = ", ".join(list(open_calls)[:5])
+    return bad(f"The tool calls {missing} have no `tool` message with their result {where}; send one "
+               "for each call, right after the assistant message that made them.", "messages")

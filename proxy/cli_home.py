@@ -87,16 +87,20 @@ def find_user_auth(config_dir: str, environ: Mapping[str, str] | None = None) ->
     return UserAuth(auth_type=auth_type, files=files, problem=problem)
 
 
-def cli_settings(auth_type: str | None, max_attempts: int, tools: str) -> dict[str, Any]:
-    """The settings.json every run gets."""
+def cli_settings(auth_type: str | None, max_attempts: int, tools: str, client_tools: list[str] = (),
+                 mcp_servers: dict[str, Any] | None = None,
+                 model_configs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings.json every run gets; `client_tools`, `mcp_servers` and `model_configs` are
+    what a request adds (its tools' names and server, its generation settings)."""
     settings: dict[str, Any] = {
         # The CLI's own telemetry costs two requests to Google per run.
         "privacy": {"usageStatisticsEnabled": False},
         # Few retries: a failing API should fail in seconds (the client's SDK retries anyway);
         # no retention sweep: it is what deletes other runs' files and leaves stale locks.
         "general": {"maxAttempts": max(1, max_attempts), "sessionRetention": {"enabled": False}},
-        # A chat gateway offers the model no file or shell access unless configured to.
-        "tools": {"core": READ_ONLY_TOOLS if tools == "read-only" else []},
+        # A chat gateway offers the model no file or shell access unless configured to. The list
+        # is an allowlist: the client's tools are declared only under their exact names.
+        "tools": {"core": (READ_ONLY_TOOLS if tools == "read-only" else []) + list(client_tools)},
         # `@generalist` and friends in user text must not delegate to an agent.
         "experimental": {"enableAgents": False},
         # The workspace is an empty temp dir: its tree is noise in every request.
@@ -104,6 +108,10 @@ def cli_settings(auth_type: str | None, max_attempts: int, tools: str) -> dict[s
     }
     if auth_type:
         settings["security"] = {"auth": {"selectedType": auth_type}}
+    if mcp_servers:
+        settings["mcpServers"] = mcp_servers
+    if model_configs:
+        settings["modelConfigs"] = model_configs
     return settings
 
 

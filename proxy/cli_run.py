@@ -24,6 +24,7 @@ import queue
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import termios
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 PRIMER = "\n"
 
 EOF = object()  # queued by the reader when stdout ends
+TOOL_CALLED = "tool_called"  # type of the events the tool socket queues (not a CLI event type)
 OWNER_FILE = "owner"  # in each run dir: {"master", "worker", "pgid"}; read by gunicorn.conf.py
 
 # Every run not yet closed in this process, so that a worker on its way out can kill them all.
@@ -112,6 +114,7 @@ class CliRun:
         self._reader: threading.Thread | None = None
         self._stdin_fd: int | None = None
         self._stdin_lock = threading.Lock()
+        self._tool_socket: socket.socket | None = None
         self._closed = False
         for path in (self.workspace, self.home, self.tmp):
             path.mkdir(mode=0o700)
@@ -153,6 +156,16 @@ class CliRun:
         (self.dir / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
         self._reader = threading.Thread(target=self._read_stdout, name=f"cli-{self.proc.pid}", daemon=True)
         self._reader.start()
+
+    def listen_for_tool_calls(self, path: Path) -> None:
+        """Accept the reports of this run's MCP tool server (proxy/mcp_tool_server.py): each
+        call the model makes arrives as one JSON line and is queued as a `tool_called` event.
+        The socket lives in the run dir (mode 0700): only this user's processes reach it."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        sock.listen(16)
+        self._tool_socket = sock
+        threading.Thread(target=self._accept_tool_calls, args=(sock,), name="cli-tools", daemon=True).start()
 
     def feed(self, text: str, files: list[tuple[str, bytes]] = ()) -> None:
         """Put the request's files in the workspace, then send the prompt and close stdin."""
@@ -196,6 +209,16 @@ class CliRun:
                 return False
             return pending[0] == 0
 
+    def stdout_pending(self) -> int:
+        """Bytes the CLI wrote to stdout that the reader has not taken from the pipe yet."""
+        proc = self.proc
+        pending = array.array("i", [0])
+        try:
+            fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, pending)  # type: ignore[union-attr]
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return pending[0]
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
@@ -209,6 +232,12 @@ class CliRun:
             self._stop_group()
         except Exception:  # noqa: BLE001 - close() must not raise
             log.exception("stopping gemini process group failed")
+        if self._tool_socket is not None:
+            try:
+                self._tool_socket.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept()
+            except OSError:
+                pass
+            self._tool_socket.close()
         if not self.stderr_tail:
             self.stderr_tail = self._stderr_tail()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -244,6 +273,31 @@ class CliRun:
             # start answering, only then (measured: +0.5 s per request with a 0.5 s heartbeat).
             # A timer, however short, makes the loop poll now; sleep(0) would not.
             time.sleep(0.001)
+
+    def _accept_tool_calls(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return  # closed with the run
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                try:
+                    while not data.endswith(b"\n") and len(data) < 16 * 1024 * 1024:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                except OSError:
+                    continue
+            try:
+                report = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(report, dict):
+                self._events.put({"type": TOOL_CALLED, "name": report.get("name"),
+                                  "arguments": report.get("arguments")})
 
     def _close_stdin(self) -> None:
         with self._stdin_lock:

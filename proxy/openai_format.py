@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from .conversation import ToolCall
+
+
+def json_text(value: Any) -> str:
+    """JSON as OpenAI carries tool arguments: a compact string."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def to_tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    """A call in `message.tool_calls`, or (with `index`) in a chunk's `delta.tool_calls`."""
+    out: dict[str, Any] = {} if index is None else {"index": index}
+    out.update({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}})
+    return out
 
 
 def usage_from_stats(stats: dict[str, Any] | None) -> dict[str, int] | None:
@@ -40,8 +55,12 @@ def to_usage_chunk(completion_id: str, created: int, model: str, usage: dict[str
 
 
 def to_completion(completion_id: str, created: int, model: str, content: str, finish_reason: str,
-                  usage: dict[str, int] | None) -> dict[str, Any]:
+                  usage: dict[str, int] | None, tool_calls: list[ToolCall] = ()) -> dict[str, Any]:
     """A whole non-streamed `chat.completion`."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["content"] = content or None
+        message["tool_calls"] = [to_tool_call(call) for call in tool_calls]
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -49,7 +68,7 @@ def to_completion(completion_id: str, created: int, model: str, content: str, fi
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content, "refusal": None},
+            "message": message,
             "logprobs": None,
             "finish_reason": finish_reason,
         }],

@@ -36,10 +36,11 @@ from . import cli_run
 from .cli_home import find_user_auth
 from .cli_run import CliRun
 from .limits import RunLimiter
+from .run_spec import RunSpec
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (cli_model, system_text): what a CLI process fixes at start-up
+Key = RunSpec  # what a CLI process fixes at start-up
 
 TICK = 1.0  # seconds between checks of the idle processes
 RECLAIM_PAUSE = 5.0  # after a request reclaimed a warm process's slot, no refill for this long
@@ -102,10 +103,9 @@ class WarmPool:
 
     # -- the request side ---------------------------------------------------------------
 
-    def take(self, cli_model: str, system_text: str) -> CliRun | None:
+    def take(self, key: RunSpec) -> CliRun | None:
         """A warm process for this key (its slot comes with it), or None: serve the request cold.
         Either way the key is learned; call `wake()` once the request has its run."""
-        key = (cli_model, system_text)
         now = time.monotonic()
         found: _Warm | None = None
         with self._lock:
@@ -253,7 +253,7 @@ class WarmPool:
             from .runs import spawn_run  # runs imports flask; keep this module light to import
 
             try:
-                run = spawn_run(self.config, auth, slot, key[0], key[1])
+                run = spawn_run(self.config, auth, slot, key)
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not start a warm gemini process: %s", exc)
                 with self._lock:

@@ -14,12 +14,12 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
-from .chat_request import ChatRequest, Image, Message
+from .conversation import Conversation, Image, Message, ToolCall, ToolResult
 
 # The CLI reads at most 8 MB of stdin and silently drops the rest.
 MAX_PROMPT_BYTES = 8 * 1024 * 1024
 
-ROLE_NAMES = {"user": "User", "assistant": "Assistant", "tool": "Tool", "function": "Tool"}
+ROLE_NAMES = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 # An `@` the CLI would parse as a reference: not escaped, followed by a path character.
 _AT_REFERENCE = re.compile(r"(?<!\\)@(?=[^ \t\n\r,;!?()\[\]{}])")
@@ -34,15 +34,15 @@ class Prompt:
     images: list[tuple[str, bytes]] = field(default_factory=list)
 
 
-def build_prompt(chat: ChatRequest, default_system: str) -> Prompt:
-    images = _name_images(chat.images)
+def build_prompt(conversation: Conversation, default_system: str) -> Prompt:
+    images = _name_images(conversation.images)
     render = _Renderer(images, escape_at=bool(images))
-    conversation = chat.conversation
-    if len(conversation) == 1 and conversation[0].role == "user":
-        body = render.message(conversation[0])
+    turns = conversation.turns
+    if len(turns) == 1 and turns[0].role == "user":
+        body = render.message(turns[0])
     else:
-        body = _transcript(conversation, render)
-    return Prompt(text=body, system_text=chat.system_text or default_system,
+        body = _transcript(turns, render)
+    return Prompt(text=body, system_text=conversation.system_text or default_system,
                   images=[(name, image.data) for image, name in images.items()])
 
 
@@ -62,9 +62,17 @@ class _Renderer:
         for part in message.parts:
             if isinstance(part, Image):
                 pieces.append(f"@{self.image_names[part]}")
+            elif isinstance(part, ToolCall):
+                pieces.append(self.text(f"(called the tool {part.name} with call id {part.id} and arguments "
+                                        f"{part.arguments})"))
+            elif isinstance(part, ToolResult):
+                pieces.append(self.text(part.content))
             else:
-                pieces.append(_AT_REFERENCE.sub(r"\\@", part) if self.escape_at else part)
+                pieces.append(self.text(part))
         return "\n".join(pieces)
+
+    def text(self, text: str) -> str:
+        return _AT_REFERENCE.sub(r"\\@", text) if self.escape_at else text
 
 
 def _transcript(conversation: list[Message], render: _Renderer) -> str:
@@ -80,7 +88,11 @@ def _transcript(conversation: list[Message], render: _Renderer) -> str:
         "reply itself, with no turn line.",
     ]
     for message, text in zip(conversation, texts, strict=True):
-        role = ROLE_NAMES[message.role]
-        label = f"{role} ({message.name})" if message.role in {"tool", "function"} and message.name else role
+        label = ROLE_NAMES[message.role]
+        results = message.tool_results
+        if results:
+            label = f"Tool (result of call {results[0].call_id} to {results[0].name})"
+        elif message.role == "tool" and message.name:
+            label = f"Tool ({message.name})"
         lines.append(f"\n[[{label} #{tag}]]\n{text}")
     return "\n".join(lines)

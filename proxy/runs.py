@@ -8,20 +8,21 @@ the pool when one fits the request, and spawns one otherwise.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from flask import current_app
 
-from .chat_request import ChatRequest
 from .cli_home import UserAuth, cli_settings, find_user_auth, write_cli_home
 from .cli_run import CliRun
 from .errors import ApiError, no_retry_headers
 from .limits import Slot
 from .prompt import Prompt
+from .run_spec import TOOL_SOCKET, TOOLS_FILE, RunSpec
 
 
-def start_run(chat: ChatRequest, prompt: Prompt) -> CliRun:
+def start_run(spec: RunSpec, prompt: Prompt) -> CliRun:
     """A CLI run fed with this request, or the ApiError that says why it cannot run."""
     config = current_app.config
     gemini_bin = config["GEMINI_BIN"]
@@ -31,13 +32,13 @@ def start_run(chat: ChatRequest, prompt: Prompt) -> CliRun:
     if auth.problem:
         raise ApiError(503, auth.problem, code="gemini_auth_missing", headers=no_retry_headers())
     pool = current_app.extensions.get("warm_pool")
-    run = pool.take(chat.cli_model, prompt.system_text) if pool is not None else None
+    run = pool.take(spec) if pool is not None else None
     if run is not None:
         run.from_pool = True
     try:
         if run is None:
             slot = current_app.extensions["run_limiter"].acquire()  # or 429 after queueing
-            run = spawn_run(config, auth, slot, chat.cli_model, prompt.system_text)
+            run = spawn_run(config, auth, slot, spec)
     finally:
         if pool is not None:
             pool.wake()  # replace what was taken, or warm up for this request's key
@@ -49,7 +50,7 @@ def start_run(chat: ChatRequest, prompt: Prompt) -> CliRun:
     return run
 
 
-def spawn_run(config: Mapping[str, Any], auth: UserAuth, slot: Slot, cli_model: str, system_text: str) -> CliRun:
+def spawn_run(config: Mapping[str, Any], auth: UserAuth, slot: Slot, spec: RunSpec) -> CliRun:
     """Lay out a run holding `slot` (released when the run closes) and start the CLI in it;
     the CLI then initialises and waits for `feed()`."""
     try:
@@ -60,9 +61,14 @@ def spawn_run(config: Mapping[str, Any], auth: UserAuth, slot: Slot, cli_model: 
     run.on_close.append(slot.release)
     gemini_bin = config["GEMINI_BIN"]
     try:
-        write_cli_home(run.dir, run.home, cli_settings(auth.auth_type, config["PROXY_CLI_MAX_ATTEMPTS"],
-                                                       config["PROXY_TOOLS"]), auth)
-        run.spawn(gemini_bin, cli_model, system_text)
+        settings = cli_settings(auth.auth_type, config["PROXY_CLI_MAX_ATTEMPTS"], config["PROXY_TOOLS"],
+                                client_tools=spec.cli_tool_names(), mcp_servers=spec.mcp_servers(run.dir),
+                                model_configs=json.loads(spec.model_configs) if spec.model_configs else None)
+        write_cli_home(run.dir, run.home, settings, auth)
+        if spec.tools:
+            (run.dir / TOOLS_FILE).write_text(json.dumps(spec.tool_declarations()), encoding="utf-8")
+            run.listen_for_tool_calls(run.dir / TOOL_SOCKET)
+        run.spawn(gemini_bin, spec.cli_model, spec.system_text)
     except (FileNotFoundError, PermissionError) as exc:
         run.close()
         raise gemini_not_found(gemini_bin) from exc

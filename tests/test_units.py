@@ -95,7 +95,8 @@ def test_read_only_tools_setting():
 
 
 def _prompt(messages):
-    return build_prompt(ChatRequest.from_json({"model": "m", "messages": messages}, {"m": "cli"}), "default")
+    return build_prompt(ChatRequest.from_json({"model": "m", "messages": messages}, {"m": "cli"}).conversation,
+                        "default")
 
 
 def test_tool_results_and_tool_calls_reach_the_transcript():
@@ -107,8 +108,8 @@ def test_tool_results_and_tool_calls_reach_the_transcript():
         {"role": "user", "content": "so?"},
     ])
     tag = prompt.text.split("[[User #", 1)[1].split("]]", 1)[0]
-    assert f"[[Tool (c1) #{tag}]]\nrain, 4 C" in prompt.text
-    assert '[called tool weather with arguments {"city": "Oslo"}]' in prompt.text
+    assert f"[[Tool (result of call c1 to weather) #{tag}]]\nrain, 4 C" in prompt.text
+    assert '(called the tool weather with call id c1 and arguments {"city": "Oslo"})' in prompt.text
     assert prompt.system_text == "default"
 
 

@@ -1,0 +1,198 @@
+"""From a Conversation to a reply, for every API front-end: spawn, read, stream or collect.
+
+A front-end (chat.py for OpenAI chat completions) parses its request into a `Conversation`,
+calls `start_answer` (validation is done, so the run is spawned before any response exists
+and early failures get a real HTTP status), and then either `collect`s the answer into one
+JSON body or `stream`s it through an `Encoder` of its own that turns answer events into its
+wire's SSE events. Runs are closed from the stream's `finally`, `call_on_close`, and on
+every error path.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Protocol
+
+from flask import Response, current_app, g, request
+
+from .answer import AnswerShape, ClientGone, Deadlines, Delta, Finished, Silence, ToolCalled, read_answer
+from .cli_run import CliRun
+from .conversation import Conversation, ToolCall
+from .errors import ApiError
+from .prompt import MAX_PROMPT_BYTES, build_prompt
+from .run_spec import RunSpec
+from .runs import start_run
+from .sse import HEARTBEAT
+from .timing import RequestTiming
+
+
+@dataclass
+class Answering:
+    """A request's run and the events of its answer, with the request's timing."""
+
+    conversation: Conversation
+    run: CliRun
+    events: Iterator[Delta | ToolCalled | Silence | Finished]
+    timing: RequestTiming
+
+    def close(self) -> None:
+        """End the run (idempotent) and note how it exited."""
+        self.run.close()
+        self.timing.exit_code = self.run.returncode
+
+
+@dataclass
+class Collected:
+    """A whole answer: its text, its tool calls and how it ended."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finished: Finished = field(default_factory=lambda: Finished("stop", None))
+
+
+class Encoder(Protocol):
+    """A front-end's streaming wire format: answer events in, SSE text out."""
+
+    def start(self) -> Iterator[str]: ...
+    def event(self, item: Delta | ToolCalled | Finished) -> Iterator[str]: ...
+    def error(self, error: ApiError) -> Iterator[str]: ...
+    def end(self) -> Iterator[str]: ...
+
+
+def start_answer(conversation: Conversation) -> Answering:
+    """Spawn (or take warm) the run for a validated conversation, fed with its prompt."""
+    config = current_app.config
+    timing: RequestTiming = g.timing
+    timing.model, timing.stream = conversation.model, conversation.stream
+    prompt = build_prompt(conversation, config["PROXY_DEFAULT_SYSTEM_PROMPT"])
+    if len(prompt.text.encode("utf-8")) > MAX_PROMPT_BYTES:
+        raise ApiError(413, "The conversation is longer than the gemini CLI's 8 MB input limit.",
+                       code="context_length_exceeded", param="messages")
+    spec = RunSpec.for_conversation(conversation, prompt.system_text)
+    run = start_run(spec, prompt)
+    try:
+        # A warm process was spawned before this request: its spawn is not this request's cost.
+        pool_on = current_app.extensions.get("warm_pool") is not None
+        timing.pool = "hit" if run.from_pool else ("miss" if pool_on else "off")
+        timing.spawn_ms = None if run.from_pool else run.spawn_ms
+        shape = AnswerShape(tool_names=spec.client_tool_names(conversation.offered_tools),
+                            parallel_tool_calls=conversation.parallel_tool_calls,
+                            max_output_tokens=conversation.generation.max_output_tokens)
+        events = read_answer(
+            run, model=conversation.model, cli_model=conversation.cli_model,
+            deadlines=Deadlines(g.started_monotonic, config["PROXY_REQUEST_TIMEOUT"],
+                                config["PROXY_FIRST_TOKEN_TIMEOUT"]),
+            heartbeat=config["PROXY_HEARTBEAT_INTERVAL"], shape=shape,
+            client_gone=client_gone_check(request.environ),
+        )
+    except BaseException:
+        run.close()
+        raise
+    return Answering(conversation, run, events, timing)
+
+
+def collect(answering: Answering) -> Collected | None:
+    """The whole answer, or None when the client left first (the run is closed either way)."""
+    timing = answering.timing
+    collected = Collected()
+    texts: list[str] = []
+    try:
+        for item in answering.events:
+            if isinstance(item, Delta):
+                timing.token()
+                texts.append(item.text)
+            elif isinstance(item, ToolCalled):
+                timing.token()
+                collected.tool_calls.append(item.call)
+            elif isinstance(item, Finished):
+                collected.finished = item
+    except ClientGone:
+        timing.outcome = "client_closed"
+        return None
+    finally:
+        answering.close()
+    timing.usage(collected.finished.usage)
+    collected.text = "".join(texts)
+    return collected
+
+
+def stream(answering: Answering, encoder: Encoder) -> Response:
+    """The answer as server-sent events in the encoder's wire format."""
+    timing, run_events = answering.timing, answering.events
+    # Hold the status line until the answer starts, fails or PROXY_STATUS_HOLD passes, so that
+    # what fails in the first seconds (quota, login, unknown model) gets a real HTTP status.
+    held: list = []
+    hold_until = time.monotonic() + current_app.config["PROXY_STATUS_HOLD"]
+    try:
+        for item in run_events:
+            held.append(item)
+            if isinstance(item, (Delta, ToolCalled)):
+                timing.token()  # the first token's time is when it came, not when it is sent
+            if not isinstance(item, Silence) or time.monotonic() >= hold_until:
+                break
+    except ClientGone:
+        answering.close()
+        timing.outcome = "client_closed"
+        return Response(status=499)
+    except BaseException:
+        answering.close()
+        raise
+
+    def finish(outcome: str) -> None:
+        if timing.emitted:
+            return
+        answering.close()
+        timing.finish(200, outcome)
+        timing.emit()
+
+    def events() -> Iterator[str]:
+        outcome = "client_closed"
+        try:
+            yield from encoder.start()
+            for item in chain(held, run_events):
+                if isinstance(item, Silence):
+                    yield HEARTBEAT
+                    continue
+                if isinstance(item, (Delta, ToolCalled)):
+                    timing.token()
+                elif isinstance(item, Finished):
+                    timing.usage(item.usage)
+                yield from encoder.event(item)
+            outcome = "ok"
+            yield from encoder.end()
+        except ApiError as error:
+            # Content has been sent with a 200: the error goes into the stream.
+            outcome = f"error:{error.code}"
+            yield from encoder.error(error)
+        except ClientGone:
+            pass
+        finally:
+            finish(outcome)
+
+    response = Response(events(), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: never buffer this response
+    # If the body is never iterated (client gone first), this still closes the run.
+    response.call_on_close(lambda: finish("client_closed"))
+    return response
+
+
+def client_gone_check(environ: dict) -> Callable[[], bool]:
+    """A cheap test of whether the client closed its connection, without writing to it."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    return gone
