@@ -29,6 +29,7 @@ from .openai_format import json_text, usage_from_stats
 # After the first tool call reaches the MCP server: stdout is drained until it has been quiet
 # this long with nothing left in the pipe, and for no longer than SETTLE_MAX.
 SETTLE_QUIET = 0.05
+CLI_ADDED_ARGUMENT = "wait_for_previous"
 SETTLE_MAX = 1.0
 
 SAFETY_MARKER = "blocked due to safety"
@@ -60,6 +61,8 @@ class AnswerShape:
     """What the request fixed that reading the answer needs."""
 
     tool_names: dict[str, str]  # the names the CLI reports client tool calls under -> client names
+    # The CLI adds this argument to every tool's schema; it is the client's only if it declared it.
+    own_wait_for_previous: frozenset[str] = frozenset()
     parallel_tool_calls: bool = True
     max_output_tokens: int | None = None
 
@@ -150,9 +153,10 @@ def _client_call(event: dict, shape: AnswerShape, calls: list[ToolCall]) -> Tool
     name = shape.tool_names.get(str(event.get("tool_name")))
     if name is None or (calls and not shape.parallel_tool_calls):
         return None
-    arguments = event.get("parameters")
-    return ToolCall(id=f"call_{secrets.token_hex(12)}", name=name,
-                    arguments=json_text(arguments if isinstance(arguments, dict) else {}))
+    arguments = dict(event.get("parameters") or {}) if isinstance(event.get("parameters"), dict) else {}
+    if name not in shape.own_wait_for_previous:
+        arguments.pop(CLI_ADDED_ARGUMENT, None)
+    return ToolCall(id=f"call_{secrets.token_hex(12)}", name=name, arguments=json_text(arguments))
 
 
 def _settle(run: CliRun, shape: AnswerShape, calls: list[ToolCall]) -> Iterator[ToolCall]:

@@ -20,7 +20,17 @@ from typing import Protocol
 
 from flask import Response, current_app, g, request
 
-from .answer import AnswerShape, ClientGone, Deadlines, Delta, Finished, Silence, ToolCalled, read_answer
+from .answer import (
+    CLI_ADDED_ARGUMENT,
+    AnswerShape,
+    ClientGone,
+    Deadlines,
+    Delta,
+    Finished,
+    Silence,
+    ToolCalled,
+    read_answer,
+)
 from .cli_run import CliRun
 from .conversation import Conversation, ToolCall
 from .errors import ApiError
@@ -80,7 +90,10 @@ def start_answer(conversation: Conversation) -> Answering:
         pool_on = current_app.extensions.get("warm_pool") is not None
         timing.pool = "hit" if run.from_pool else ("miss" if pool_on else "off")
         timing.spawn_ms = None if run.from_pool else run.spawn_ms
-        shape = AnswerShape(tool_names=spec.client_tool_names(conversation.offered_tools),
+        tools = conversation.offered_tools
+        shape = AnswerShape(tool_names=spec.client_tool_names(tools),
+                            own_wait_for_previous=frozenset(
+                                t.name for t in tools if CLI_ADDED_ARGUMENT in (t.parameters.get("properties") or {})),
                             parallel_tool_calls=conversation.parallel_tool_calls,
                             max_output_tokens=conversation.generation.max_output_tokens)
         events = read_answer(

@@ -58,7 +58,10 @@ class RunSpec:
         if tools and conversation.tool_choice != "auto":
             # `required` or a named tool (then the only one offered): the model must call one.
             content_config["toolConfig"] = {"functionCallingConfig": {"mode": "ANY"}}
-        model_configs = ({"customOverrides": [{"match": {"model": conversation.cli_model},
+        # The CLI matches overrides against the model it resolved (`gemini-3-flash` may become
+        # `gemini-3.8-flash`), not the `-m` it was given; `overrideScope: core` matches the main
+        # conversation's requests whatever the model, and a run has one model.
+        model_configs = ({"customOverrides": [{"match": {"overrideScope": "core"},
                                                "modelConfig": {"generateContentConfig": content_config}}]}
                          if content_config else None)
         declarations = [{"name": mcp_tool_name(t.name), "description": t.description,

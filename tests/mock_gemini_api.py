@@ -102,6 +102,7 @@ class _Behaviour:
     first_chunk_delay_s: float = 0.0
     finish_reason: str = "STOP"
     raw_events: list[dict] | None = None
+    script: Any = None  # callable(request body) -> list of GenerateContentResponse dicts, or None
 
 
 class _Server(ThreadingHTTPServer):
@@ -191,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if b.status is not None:
                     self._send_error(b, model)
                 else:
-                    self._stream(b, model)
+                    self._stream(b, model, rec.json)
             elif self.command == "POST" and rpc == "generateContent":
                 if b.status is not None:
                     self._send_error(b, model)
@@ -243,7 +244,11 @@ class _Handler(BaseHTTPRequestHandler):
             err["details"] = details
         self._send_json(status, {"error": err})
 
-    def _events(self, b: _Behaviour, model: str) -> list[dict]:
+    def _events(self, b: _Behaviour, model: str, body: Any = None) -> list[dict]:
+        if b.script is not None:
+            scripted = b.script(body)
+            if scripted is not None:
+                return [dict(e) for e in scripted]
         if b.raw_events is not None:
             return [dict(e) for e in b.raw_events]
         if b.safety_block:
@@ -280,9 +285,9 @@ class _Handler(BaseHTTPRequestHandler):
         events[-1]["usageMetadata"] = dict(b.usage)
         return events
 
-    def _stream(self, b: _Behaviour, model: str) -> None:
+    def _stream(self, b: _Behaviour, model: str, body: Any = None) -> None:
         stop = self.server.mock._stopping
-        events = self._events(b, model)
+        events = self._events(b, model, body)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -297,6 +302,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_chunk(b"data: " + json.dumps(ev, separators=(",", ":")).encode() + b"\r\n\r\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+def model_turn(parts: list[dict], usage: dict | None = None, finish_reason: str = "STOP") -> list[dict]:
+    """One streamed model turn: one event per part, the last with finishReason and usage."""
+    events = [{"candidates": [{"content": {"role": "model", "parts": [part]}, "index": 0}]} for part in parts]
+    events[-1]["candidates"][0]["finishReason"] = finish_reason
+    events[-1]["usageMetadata"] = dict(usage or DEFAULT_USAGE)
+    return events
+
+
+def function_call(name: str, args: dict, signature: str | None = "c2lnbmF0dXJl") -> dict:
+    """A functionCall part as Gemini 3 sends it (a thought signature on the turn's first call)."""
+    part: dict = {"functionCall": {"name": name, "args": args}}
+    if signature:
+        part["thoughtSignature"] = signature
+    return part
+
+
+def declared_tools(body: Any) -> list[dict]:
+    """The functionDeclarations of a generate request's body."""
+    return [d for tool in (body or {}).get("tools") or [] for d in tool.get("functionDeclarations") or []]
 
 
 def _estimate_tokens(body: Any) -> int:
@@ -375,11 +401,14 @@ class MockGeminiApi:
                   status: int | None = None, error_message: str | None = None,
                   retry_after_s: float | None = None, safety_block: bool = False,
                   chunk_delay_s: float = 0.0, first_chunk_delay_s: float = 0.0,
-                  finish_reason: str = "STOP", raw_events: list[dict] | None = None) -> None:
+                  finish_reason: str = "STOP", raw_events: list[dict] | None = None,
+                  script: Any = None) -> None:
         """Replace the whole behaviour (omitted arguments return to their defaults).
 
         raw_events (extra): stream exactly these GenerateContentResponse dicts instead of
         the ones built from chunks/usage/finish_reason (delays still apply).
+        script: called with each streamGenerateContent request's JSON body; the events it
+        returns are streamed (None: fall back to the rest of the configuration).
         """
         b = _Behaviour(
             chunks=list(DEFAULT_CHUNKS) if chunks is None else list(chunks),
@@ -392,6 +421,7 @@ class MockGeminiApi:
             first_chunk_delay_s=first_chunk_delay_s,
             finish_reason=finish_reason,
             raw_events=None if raw_events is None else list(raw_events),
+            script=script,
         )
         with self._lock:
             self._behaviour = b
