@@ -11,12 +11,12 @@ import secrets
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 
 from .answer import Delta, Finished, ToolCalled
 from .chat_request import ChatRequest
 from .errors import ApiError
-from .gateway import collect, start_answer, stream
+from .gateway import collect, json_body, start_answer, stream
 from .openai_format import to_chunk, to_completion, to_tool_call, to_usage_chunk
 from .sse import DONE, sse_data
 
@@ -36,17 +36,6 @@ def create_chat_completion():
     finished = collected.finished
     return jsonify(to_completion(completion_id(), int(time.time()), chat.model, collected.text,
                                  finished.finish_reason, finished.usage, collected.tool_calls))
-
-
-def json_body() -> object:
-    """The request's JSON, or a 400 for a body that is not (too deep, not UTF-8, not JSON)."""
-    try:
-        body = request.get_json(force=True, silent=True)
-    except RecursionError:
-        body = None
-    if body is None:
-        raise ApiError(400, "The request body is not valid JSON.", code="invalid_json")
-    return body
 
 
 class ChunkEncoder:

@@ -169,9 +169,14 @@ def _generation(body: dict) -> Generation:
     json_output, schema = _response_format(optional(body, "response_format", (dict,)))
     return Generation(
         temperature=_number(body, "temperature", 0, 2), top_p=_number(body, "top_p", 0, 1), top_k=top_k,
-        max_output_tokens=max_tokens, stop=tuple(stops), seed=optional(body, "seed", (int,)),
+        max_output_tokens=max_tokens, stop=tuple(stops), seed=_int32(optional(body, "seed", (int,))),
         json_output=json_output, json_schema=schema, reasoning_effort=effort,
     )
+
+
+def _int32(seed: int | None) -> int | None:
+    """Gemini's seed is 32-bit; OpenAI's is not. Wrapping keeps a seed's answers repeatable."""
+    return None if seed is None else (seed + 2**31) % 2**32 - 2**31
 
 
 def _response_format(value: dict | None) -> tuple[bool, dict | None]:

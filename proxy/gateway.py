@@ -10,6 +10,8 @@ every error path.
 
 from __future__ import annotations
 
+import json
+import re
 import select
 import socket
 import time
@@ -72,6 +74,27 @@ class Encoder(Protocol):
     def event(self, item: Delta | ToolCalled | Finished) -> Iterator[str]: ...
     def error(self, error: ApiError) -> Iterator[str]: ...
     def end(self) -> Iterator[str]: ...
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]", re.I)
+
+
+def json_body() -> object:
+    """The request's JSON, or a 400 for a body that is not JSON (or too deeply nested), or that
+    holds text no UTF-8 prompt can carry (an unpaired UTF-16 surrogate escape)."""
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:
+        body = None
+    if body is None:
+        raise ApiError(400, "The request body is not valid JSON.", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(request.get_data(cache=True)):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "The request body holds an unpaired UTF-16 surrogate (a `\\ud800`-style "
+                           "escape without its pair), which is not text.", code="invalid_json") from None
+    return body
 
 
 def start_answer(conversation: Conversation) -> Answering:

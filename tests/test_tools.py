@@ -63,8 +63,8 @@ def test_tool_loop_non_streamed(real_oai, real_server, mock):
     assert wait_until(lambda: not run_dirs_left(real_server), 10)
 
     messages += [choice.message.model_dump(exclude_none=True)]
-    messages += [{"role": "tool", "tool_call_id": c.id, "content": f"rain in {json.loads(c.function.arguments)['city']}"}
-                 for c in calls]
+    messages += [{"role": "tool", "tool_call_id": c.id,
+                  "content": f"rain in {json.loads(c.function.arguments)['city']}"} for c in calls]
     final = real_oai.chat.completions.create(model="gemini-cli", messages=messages, tools=[WEATHER, TIME])
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.content == "Oslo is rainy, Bergen is too."
