@@ -41,6 +41,13 @@ class Delta:
 
 
 @dataclass
+class Thinking:
+    """A piece of the model's thoughts (reasoning), streamed before its answer."""
+
+    text: str
+
+
+@dataclass
 class ToolCalled:
     call: ToolCall
 

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from .answer import Delta, Finished, ToolCalled
+from .answer import Delta, Finished, Thinking, ToolCalled
 from .chat_request import ChatRequest
 from .errors import ApiError
 from .gateway import collect, json_body, start_answer, stream
 from .openai_format import to_chunk, to_completion, to_tool_call, to_usage_chunk
-from .sse import DONE, sse_data
+from .sse import DONE, HEARTBEAT, sse_data
 
 bp = Blueprint("chat", __name__)
 
@@ -35,7 +35,8 @@ def create_chat_completion():
         return Response(status=499)  # the client left; nobody reads this
     finished = collected.finished
     return jsonify(to_completion(completion_id(), int(time.time()), chat.model, collected.text,
-                                 finished.finish_reason, finished.usage, collected.tool_calls))
+                                 finished.finish_reason, finished.usage, collected.tool_calls,
+                                 collected.reasoning))
 
 
 class ChunkEncoder:
@@ -52,9 +53,14 @@ class ChunkEncoder:
     def start(self) -> Iterator[str]:
         yield self.chunk({"role": "assistant", "content": ""})
 
-    def event(self, item: Delta | ToolCalled | Finished) -> Iterator[str]:
+    def heartbeat(self) -> str:
+        return HEARTBEAT
+
+    def event(self, item: Delta | Thinking | ToolCalled | Finished) -> Iterator[str]:
         if isinstance(item, Delta):
             yield self.chunk({"content": item.text})
+        elif isinstance(item, Thinking):
+            yield self.chunk({"reasoning_content": item.text})
         elif isinstance(item, ToolCalled):
             yield self.chunk({"tool_calls": [to_tool_call(item.call, self.calls)]})
             self.calls += 1

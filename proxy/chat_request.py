@@ -9,41 +9,31 @@ Any body a client can send gets either a `ChatRequest` or an `ApiError` (4xx).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from .conversation import Conversation, Image, Message, Part, Tool, ToolCall, ToolResult
+from .checks import (
+    MAX_STOP_SEQUENCES,
+    NUMBER,
+    bad,
+    image_from_url,
+    int32,
+    number,
+    optional,
+    pair_tool_results,
+    tool,
+)
+from .conversation import Conversation, Message, Part, Tool, ToolCall, ToolResult
 from .errors import ApiError
 from .generation import REASONING_EFFORTS, Generation
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
-# Image types the CLI turns into inlineData parts, by the extension it infers them from.
-IMAGE_TYPES = {
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/jpg": "jpg",
-    "image/webp": "webp",
-    "image/gif": "gif",
-    "image/heic": "heic",
-    "image/heif": "heif",
-}
-MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the CLI silently drops larger files
-DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
-
-# Function names as the OpenAI API accepts them.
-TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MAX_STOP_SEQUENCES = 5  # Gemini's limit (OpenAI's is 4)
-
-_NUMBER = (int, float)
 # Accepted and ignored: they change nothing the client gets back (JSON null allowed for all).
 IGNORED_PARAMS: dict[str, tuple[type, ...]] = {
-    "frequency_penalty": _NUMBER,
-    "presence_penalty": _NUMBER,
+    "frequency_penalty": NUMBER,
+    "presence_penalty": NUMBER,
     "logit_bias": (dict,),
     "user": (str,),
     "metadata": (dict,),
@@ -95,7 +85,7 @@ class ChatRequest:
         if not isinstance(raw_messages, list) or not raw_messages:
             raise bad("`messages` must be a non-empty array.", "messages")
         messages = [_message(raw, i) for i, raw in enumerate(raw_messages)]
-        _pair_tool_results(messages)
+        pair_tool_results(messages)
         tools, tool_choice = _tools(body)
         conversation = Conversation(
             model=model, cli_model=models[model], messages=messages, tools=tools, tool_choice=tool_choice,
@@ -103,29 +93,6 @@ class ChatRequest:
             generation=_generation(body), stream=stream,
         )
         return cls(conversation=conversation, include_usage=bool(stream and include_usage))
-
-
-def bad(message: str, param: str | None) -> ApiError:
-    return ApiError(400, message, code="invalid_request", param=param)
-
-
-def optional(body: dict, name: str, types: tuple[type, ...], param: str | None = None) -> Any:
-    """`body[name]` if present and of one of `types`, None if absent or null, else a 400."""
-    value = body.get(name)
-    if value is None:
-        return None
-    # bool is an int in Python; a JSON true is not a number here.
-    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        raise bad(f"`{param or name}` has the wrong type.", param or name)
-    return value
-
-
-def _number(body: dict, name: str, low: float, high: float | None) -> float | None:
-    value = optional(body, name, _NUMBER)
-    if value is not None and not (low <= value and (high is None or value <= high)):
-        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise bad(f"`{name}` must be {bounds}.", name)
-    return value
 
 
 def _refuse_unservable(body: dict) -> None:
@@ -168,15 +135,10 @@ def _generation(body: dict) -> Generation:
         raise bad(f"`reasoning_effort` must be one of {', '.join(REASONING_EFFORTS)}.", "reasoning_effort")
     json_output, schema = _response_format(optional(body, "response_format", (dict,)))
     return Generation(
-        temperature=_number(body, "temperature", 0, 2), top_p=_number(body, "top_p", 0, 1), top_k=top_k,
-        max_output_tokens=max_tokens, stop=tuple(stops), seed=_int32(optional(body, "seed", (int,))),
+        temperature=number(body, "temperature", 0, 2), top_p=number(body, "top_p", 0, 1), top_k=top_k,
+        max_output_tokens=max_tokens, stop=tuple(stops), seed=int32(optional(body, "seed", (int,))),
         json_output=json_output, json_schema=schema, reasoning_effort=effort,
     )
-
-
-def _int32(seed: int | None) -> int | None:
-    """Gemini's seed is 32-bit; OpenAI's is not. Wrapping keeps a seed's answers repeatable."""
-    return None if seed is None else (seed + 2**31) % 2**32 - 2**31
 
 
 def _response_format(value: dict | None) -> tuple[bool, dict | None]:
@@ -211,26 +173,11 @@ def _tools(body: dict) -> tuple[list[Tool], str]:
         function = raw.get("function")
         if not isinstance(function, dict):
             raise bad(f"`{param}.function` must be an object.", param)
-        tools.append(_tool(function, param))
+        tools.append(tool(function, f"{param}.function"))
     if len({t.name for t in tools}) != len(tools):
         raise bad("`tools` has two functions of the same name.", "tools")
     choice = _tool_choice(optional(body, choice_param, (str, dict)), choice_param, tools)
     return tools, choice
-
-
-def _tool(function: dict, param: str) -> Tool:
-    name = function.get("name")
-    if not isinstance(name, str) or not TOOL_NAME.match(name):
-        raise bad(f"`{param}.function.name` must be 1-64 letters, digits, `_` or `-`.", param)
-    description = function.get("description")
-    if description is not None and not isinstance(description, str):
-        raise bad(f"`{param}.function.description` must be a string.", param)
-    parameters = function.get("parameters")
-    if parameters is None:
-        parameters = {"type": "object", "properties": {}}
-    if not isinstance(parameters, dict):
-        raise bad(f"`{param}.function.parameters` must be a JSON schema object.", param)
-    return Tool(name=name, description=description or "", parameters=parameters)
 
 
 def _tool_choice(value: str | dict | None, param: str, tools: list[Tool]) -> str:
@@ -307,30 +254,6 @@ def _content(content: Any, param: str, allow_images: bool) -> list[Part]:
     return parts
 
 
-def image_from_url(value: Any, param: str) -> Image:
-    """An image from an OpenAI `image_url` value (`{"url": ...}` or the URL itself)."""
-    url = value.get("url") if isinstance(value, dict) else value
-    if not isinstance(url, str):
-        raise bad(f"`{param}.image_url.url` must be a string.", param)
-    if url.startswith(("http://", "https://")):
-        raise bad("Remote image URLs are not fetched by this gateway; send the image inline as a "
-                  "base64 `data:` URL.", param)
-    match = DATA_URL.match(url)
-    if not match:
-        raise bad(f"`{param}.image_url.url` must be a base64 `data:` URL.", param)
-    mime = match["mime"].lower()
-    if mime not in IMAGE_TYPES:
-        raise bad(f"Image type `{mime[:60]}` is not supported; use one of "
-                  f"{', '.join(sorted(set(IMAGE_TYPES) - {'image/jpg'}))}.", param)
-    try:
-        data = base64.b64decode(match["data"], validate=True)
-    except (binascii.Error, ValueError):
-        raise bad(f"`{param}.image_url.url` is not valid base64.", param) from None
-    if len(data) > MAX_IMAGE_BYTES:
-        raise bad(f"An image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB.", param)
-    return Image(mime=mime, extension=IMAGE_TYPES[mime], data=data)
-
-
 def _tool_calls(raw: dict, param: str, index: int) -> list[Part]:
     """An assistant turn's `tool_calls` (or legacy `function_call`), validated."""
     calls: list[Part] = []
@@ -364,32 +287,3 @@ def _call(call_id: str, function: dict, param: str) -> ToolCall:
     return ToolCall(id=call_id, name=name, arguments=arguments)
 
 
-def _pair_tool_results(messages: list[Message]) -> None:
-    """Every tool result answers a call made earlier in the conversation, and the results of an
-    assistant turn's calls come right after it: the model must get them paired, in order."""
-    open_calls: dict[str, ToolCall] = {}
-    for i, message in enumerate(messages):
-        param = f"messages[{i}]"
-        if open_calls and message.role != "tool":
-            raise _unanswered(open_calls, f"before `{param}`")
-        for result in message.tool_results:
-            if not result.call_id:  # legacy `function` message: the open call of that name
-                result.call_id = next((c.id for c in open_calls.values() if c.name == result.name), "")
-            call = open_calls.pop(result.call_id, None)
-            if call is None:
-                what = f"`{result.call_id[:80]}`" if result.call_id else f"of function `{result.name}`"
-                raise bad(f"`{param}`: the tool result {what} does not answer a tool call of the assistant "
-                          "message before it (or that call was already answered).", f"{param}.tool_call_id")
-            result.name = call.name
-        for call in message.tool_calls:
-            if call.id in open_calls:
-                raise bad(f"`{param}` has two tool calls with the id `{call.id[:80]}`.", f"{param}.tool_calls")
-            open_calls[call.id] = call
-    if open_calls:
-        raise _unanswered(open_calls, "at the end of `messages`")
-
-
-def _unanswered(open_calls: dict[str, ToolCall], where: str) -> ApiError:
-    missing = ", ".join(list(open_calls)[:5])
-    return bad(f"The tool calls {missing} have no `tool` message with their result {where}; send one "
-               "for each call, right after the assistant message that made them.", "messages")

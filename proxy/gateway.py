@@ -30,6 +30,7 @@ from .answer import (
     Delta,
     Finished,
     Silence,
+    Thinking,
     ToolCalled,
     read_answer,
 )
@@ -39,7 +40,6 @@ from .errors import ApiError
 from .prompt import MAX_PROMPT_BYTES, build_prompt
 from .run_spec import RunSpec
 from .runs import start_run
-from .sse import HEARTBEAT
 from .timing import RequestTiming
 
 
@@ -49,7 +49,7 @@ class Answering:
 
     conversation: Conversation
     run: CliRun
-    events: Iterator[Delta | ToolCalled | Silence | Finished]
+    events: Iterator[Delta | Thinking | ToolCalled | Silence | Finished]
     timing: RequestTiming
 
     def close(self) -> None:
@@ -60,9 +60,10 @@ class Answering:
 
 @dataclass
 class Collected:
-    """A whole answer: its text, its tool calls and how it ended."""
+    """A whole answer: its text, its thoughts, its tool calls and how it ended."""
 
     text: str = ""
+    reasoning: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     finished: Finished = field(default_factory=lambda: Finished("stop", None))
 
@@ -71,7 +72,8 @@ class Encoder(Protocol):
     """A front-end's streaming wire format: answer events in, SSE text out."""
 
     def start(self) -> Iterator[str]: ...
-    def event(self, item: Delta | ToolCalled | Finished) -> Iterator[str]: ...
+    def event(self, item: Delta | Thinking | ToolCalled | Finished) -> Iterator[str]: ...
+    def heartbeat(self) -> str: ...
     def error(self, error: ApiError) -> Iterator[str]: ...
     def end(self) -> Iterator[str]: ...
 
@@ -137,11 +139,15 @@ def collect(answering: Answering) -> Collected | None:
     timing = answering.timing
     collected = Collected()
     texts: list[str] = []
+    thoughts: list[str] = []
     try:
         for item in answering.events:
             if isinstance(item, Delta):
                 timing.token()
                 texts.append(item.text)
+            elif isinstance(item, Thinking):
+                timing.token()
+                thoughts.append(item.text)
             elif isinstance(item, ToolCalled):
                 timing.token()
                 collected.tool_calls.append(item.call)
@@ -153,7 +159,7 @@ def collect(answering: Answering) -> Collected | None:
     finally:
         answering.close()
     timing.usage(collected.finished.usage)
-    collected.text = "".join(texts)
+    collected.text, collected.reasoning = "".join(texts), "".join(thoughts)
     return collected
 
 
@@ -167,7 +173,7 @@ def stream(answering: Answering, encoder: Encoder) -> Response:
     try:
         for item in run_events:
             held.append(item)
-            if isinstance(item, (Delta, ToolCalled)):
+            if isinstance(item, (Delta, Thinking, ToolCalled)):
                 timing.token()  # the first token's time is when it came, not when it is sent
             if not isinstance(item, Silence) or time.monotonic() >= hold_until:
                 break
@@ -192,9 +198,9 @@ def stream(answering: Answering, encoder: Encoder) -> Response:
             yield from encoder.start()
             for item in chain(held, run_events):
                 if isinstance(item, Silence):
-                    yield HEARTBEAT
+                    yield encoder.heartbeat()
                     continue
-                if isinstance(item, (Delta, ToolCalled)):
+                if isinstance(item, (Delta, Thinking, ToolCalled)):
                     timing.token()
                 elif isinstance(item, Finished):
                     timing.usage(item.usage)

@@ -21,13 +21,23 @@ def to_tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
 
 
 def usage_from_stats(stats: dict[str, Any] | None) -> dict[str, int] | None:
-    """The CLI's real token counts (`result` event stats) in OpenAI's usage shape."""
+    """The CLI's real token counts (`result` event stats) as the gateway's usage: OpenAI's
+    names, plus `reasoning_tokens` when the thoughts' count is known."""
     if not stats:
         return None
     prompt = int(stats.get("input_tokens") or 0)
     completion = int(stats.get("output_tokens") or 0)
     total = int(stats.get("total_tokens") or (prompt + completion))
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def to_usage(usage: dict[str, int] | None) -> dict[str, Any]:
+    """Chat completions' `usage`, with `completion_tokens_details.reasoning_tokens` when known."""
+    usage = usage or {}
+    out: dict[str, Any] = {key: usage.get(key, 0) for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    if usage.get("reasoning_tokens") is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage["reasoning_tokens"]}
+    return out
 
 
 def to_chunk(completion_id: str, created: int, model: str, delta: dict[str, Any],
@@ -50,14 +60,17 @@ def to_usage_chunk(completion_id: str, created: int, model: str, usage: dict[str
         "created": created,
         "model": model,
         "choices": [],
-        "usage": usage,
+        "usage": to_usage(usage),
     }
 
 
 def to_completion(completion_id: str, created: int, model: str, content: str, finish_reason: str,
-                  usage: dict[str, int] | None, tool_calls: list[ToolCall] = ()) -> dict[str, Any]:
+                  usage: dict[str, int] | None, tool_calls: list[ToolCall] = (),
+                  reasoning: str = "") -> dict[str, Any]:
     """A whole non-streamed `chat.completion`."""
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if tool_calls:
         message["content"] = content or None
         message["tool_calls"] = [to_tool_call(call) for call in tool_calls]
@@ -72,5 +85,5 @@ def to_completion(completion_id: str, created: int, model: str, content: str, fi
             "logprobs": None,
             "finish_reason": finish_reason,
         }],
-        "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "usage": to_usage(usage),
     }

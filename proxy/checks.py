@@ -1,0 +1,142 @@
+"""Checks every front-end's parser shares: types, ranges, images, tool names, tool pairing.
+
+Each raises (or returns) an `ApiError` 400 that names the offending parameter, so that any
+body a client can send ends as a parsed request or a clear 4xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from .conversation import Image, Message, Tool, ToolCall
+from .errors import ApiError
+
+NUMBER = (int, float)
+# Image types the CLI turns into inlineData parts, by the extension it infers them from.
+IMAGE_TYPES = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/jpg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/heic": "heic",
+    "image/heif": "heif",
+}
+MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the CLI silently drops larger files
+DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
+
+# Function names as the OpenAI API accepts them.
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_STOP_SEQUENCES = 5  # Gemini's limit (OpenAI's is 4)
+
+
+def bad(message: str, param: str | None) -> ApiError:
+    return ApiError(400, message, code="invalid_request", param=param)
+
+
+def optional(body: dict, name: str, types: tuple[type, ...], param: str | None = None) -> Any:
+    """`body[name]` if present and of one of `types`, None if absent or null, else a 400."""
+    value = body.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python; a JSON true is not a number here.
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise bad(f"`{param or name}` has the wrong type.", param or name)
+    return value
+
+
+def number(body: dict, name: str, low: float, high: float | None) -> float | None:
+    value = optional(body, name, NUMBER)
+    if value is not None and not (low <= value and (high is None or value <= high)):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise bad(f"`{name}` must be {bounds}.", name)
+    return value
+
+
+def int32(seed: int | None) -> int | None:
+    """Gemini's seed is 32-bit; OpenAI's is not. Wrapping keeps a seed's answers repeatable."""
+    return None if seed is None else (seed + 2**31) % 2**32 - 2**31
+
+
+def tool(function: dict, param: str, schema_key: str = "parameters") -> Tool:
+    """A function tool from `{name, description, <schema_key>}`."""
+    name = function.get("name")
+    if not isinstance(name, str) or not TOOL_NAME.match(name):
+        raise bad(f"`{param}.name` must be 1-64 letters, digits, `_` or `-`.", param)
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise bad(f"`{param}.description` must be a string.", param)
+    parameters = function.get(schema_key)
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise bad(f"`{param}.{schema_key}` must be a JSON schema object.", param)
+    return Tool(name=name, description=description or "", parameters=parameters)
+
+
+def image_from_url(value: Any, param: str) -> Image:
+    """An image from an OpenAI `image_url` value (`{"url": ...}` or the URL itself)."""
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str):
+        raise bad(f"`{param}.image_url.url` must be a string.", param)
+    if url.startswith(("http://", "https://")):
+        raise remote_image(param)
+    match = DATA_URL.match(url)
+    if not match:
+        raise bad(f"`{param}.image_url.url` must be a base64 `data:` URL.", param)
+    return image(match["mime"], match["data"], param)
+
+
+def remote_image(param: str) -> ApiError:
+    return bad("Remote image URLs are not fetched by this gateway; send the image inline as base64 data.", param)
+
+
+def image(mime: Any, data: Any, param: str) -> Image:
+    """An image from its media type and base64 data."""
+    if not isinstance(mime, str) or not isinstance(data, str):
+        raise bad(f"`{param}` needs a media type and base64 data.", param)
+    mime = mime.lower()
+    if mime not in IMAGE_TYPES:
+        raise bad(f"Image type `{mime[:60]}` is not supported; use one of "
+                  f"{', '.join(sorted(set(IMAGE_TYPES) - {'image/jpg'}))}.", param)
+    try:
+        decoded = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad(f"`{param}`: the image is not valid base64.", param) from None
+    if len(decoded) > MAX_IMAGE_BYTES:
+        raise bad(f"An image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB.", param)
+    return Image(mime=mime, extension=IMAGE_TYPES[mime], data=decoded)
+
+
+def pair_tool_results(messages: list[Message]) -> None:
+    """Every tool result answers a call made earlier in the conversation, and the results of an
+    assistant turn's calls come right after it: the model must get them paired, in order."""
+    open_calls: dict[str, ToolCall] = {}
+    for i, message in enumerate(messages):
+        param = f"messages[{i}]"
+        if open_calls and message.role != "tool":
+            raise _unanswered(open_calls, f"before `{param}`")
+        for result in message.tool_results:
+            if not result.call_id:  # legacy `function` message: the open call of that name
+                result.call_id = next((c.id for c in open_calls.values() if c.name == result.name), "")
+            call = open_calls.pop(result.call_id, None)
+            if call is None:
+                what = f"`{result.call_id[:80]}`" if result.call_id else f"of function `{result.name}`"
+                raise bad(f"`{param}`: the tool result {what} does not answer a tool call of the assistant "
+                          "message before it (or that call was already answered).", f"{param}.tool_call_id")
+            result.name = call.name
+        for call in message.tool_calls:
+            if call.id in open_calls:
+                raise bad(f"`{param}` has two tool calls with the id `{call.id[:80]}`.", f"{param}.tool_calls")
+            open_calls[call.id] = call
+    if open_calls:
+        raise _unanswered(open_calls, "at the end of `messages`")
+
+
+def _unanswered(open_calls: dict[str, ToolCall], where: str) -> ApiError:
+    missing = ", ".join(list(open_calls)[:5])
+    return bad(f"The tool calls {missing} have no `tool` message with their result {where}; send one "
+               "for each call, right after the assistant message that made them.", "messages")
