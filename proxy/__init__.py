@@ -12,13 +12,15 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from . import auth, chat, errors, health, metrics, models
+from . import auth, chat, errors, health, messages, metrics, models, responses
 from .config import finish_settings, load_settings
 from .limits import RunLimiter
 from .pool import WarmPool
 from .timing import RequestTiming
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# The views that answer through a CLI run: each gets a RequestTiming and the request log line.
+ANSWERING_ENDPOINTS = {"chat.create_chat_completion", "responses.create_response", "messages.create_message"}
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -41,6 +43,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(errors.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(responses.bp)
+    app.register_blueprint(messages.bp)
     app.register_blueprint(health.bp)
     app.before_request(start_request)   # first: the request id, also for a 401
     auth.init_app(app)                  # then: the API key check on /v1/* and /metrics
@@ -64,7 +68,7 @@ def start_request() -> None:
     incoming = request.headers.get("X-Request-Id", "")
     g.request_id = incoming if _REQUEST_ID.match(incoming) else f"req-{secrets.token_hex(8)}"
     g.started_monotonic = time.monotonic()
-    if request.endpoint == "chat.create_chat_completion":
+    if request.endpoint in ANSWERING_ENDPOINTS:
         g.timing = RequestTiming(g.request_id)
 
 

@@ -1,4 +1,5 @@
-"""Client access: `Authorization: Bearer <key>` on /v1/* (and /metrics), when keys are set.
+"""Client access: `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`) on /v1/*
+(and /metrics), when keys are set.
 
 Keys come from PROXY_API_KEYS (comma-separated) and/or PROXY_API_KEYS_FILE (one key a
 line, `#` comments, blank lines ignored); both are read when the app is built, so a
@@ -26,7 +27,8 @@ from .errors import ApiError
 
 log = logging.getLogger(__name__)
 
-_INVALID = "Incorrect or missing API key. Send `Authorization: Bearer <key>` with a key this proxy accepts."
+_INVALID = ("Incorrect or missing API key. Send `Authorization: Bearer <key>` (or `x-api-key: <key>`) with a "
+            "key this proxy accepts.")
 
 
 def read_key_file(path: str) -> list[str]:
@@ -86,8 +88,8 @@ def check_key() -> None:
     digests = current_app.extensions.get("api_key_digests")
     if not digests or not needs_key(request.path, current_app.config["PROXY_METRICS_OPEN"]):
         return
-    token = bearer_token(request.headers.get("Authorization"))
-    if token is None or not key_matches(token, digests):
+    token = bearer_token(request.headers.get("Authorization")) or request.headers.get("x-api-key", "").strip()
+    if not token or not key_matches(token, digests):
         raise ApiError(401, _INVALID, code="invalid_api_key", type="authentication_error",
                        headers={"WWW-Authenticate": 'Bearer realm="gemini-proxy"', "x-should-retry": "false"})
 

@@ -26,7 +26,7 @@ bp = Blueprint("chat", __name__)
 @bp.post("/v1/chat/completions")
 def create_chat_completion():
     """Answer an OpenAI chat completion request through one gemini CLI run."""
-    chat = ChatRequest.from_json(json_body(), current_app.config["MODELS"])
+    chat = ChatRequest.from_json(json_body(), current_app.config["MODELS"], current_app.config["MODEL_ALIASES"])
     answering = start_answer(chat.conversation)
     if chat.stream:
         return stream(answering, ChunkEncoder(chat))

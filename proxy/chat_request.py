@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import checks
 from .checks import (
     MAX_STOP_SEQUENCES,
     NUMBER,
@@ -63,16 +64,10 @@ class ChatRequest:
         return self.conversation.stream
 
     @classmethod
-    def from_json(cls, body: Any, models: dict[str, str]) -> ChatRequest:
+    def from_json(cls, body: Any, models: dict[str, str], aliases: tuple[tuple[str, str], ...] = ()) -> ChatRequest:
         if not isinstance(body, dict):
             raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise bad("`model` is required and must be a string.", "model")
-        if model not in models:
-            known = ", ".join(models)
-            raise ApiError(404, f"The model `{model}` does not exist. Available models: {known}.",
-                           code="model_not_found", param="model")
+        model, cli_model = checks.model(body, models, aliases)
         stream = optional(body, "stream", (bool,)) or False
         options = optional(body, "stream_options", (dict,)) or {}
         include_usage = options.get("include_usage", False)
@@ -88,7 +83,7 @@ class ChatRequest:
         pair_tool_results(messages)
         tools, tool_choice = _tools(body)
         conversation = Conversation(
-            model=model, cli_model=models[model], messages=messages, tools=tools, tool_choice=tool_choice,
+            model=model, cli_model=cli_model, messages=messages, tools=tools, tool_choice=tool_choice,
             parallel_tool_calls=optional(body, "parallel_tool_calls", (bool,)) is not False,
             generation=_generation(body), stream=stream,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import re
 from typing import Any
 
@@ -31,6 +32,22 @@ DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?P<params>(;[^;,]*)*?)
 # Function names as the OpenAI API accepts them.
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STOP_SEQUENCES = 5  # Gemini's limit (OpenAI's is 4)
+
+
+def model(body: dict, models: dict[str, str], aliases: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
+    """The requested model id and the CLI model it maps to: an id of the table, or a name an
+    alias pattern (PROXY_MODEL_ALIASES, e.g. `claude-*=gemini-3-flash`) maps onto one."""
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise bad("`model` is required and must be a string.", "model")
+    if name in models:
+        return name, models[name]
+    for pattern, target in aliases:
+        if fnmatch.fnmatchcase(name, pattern) and target in models:
+            return name, models[target]
+    known = ", ".join(models)
+    raise ApiError(404, f"The model `{name[:100]}` does not exist. Available models: {known}.",
+                   code="model_not_found", param="model")
 
 
 def bad(message: str, param: str | None) -> ApiError:

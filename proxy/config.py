@@ -25,6 +25,10 @@ DEFAULT_MODELS: dict[str, str] = {
     "gemini-3.1-pro-preview": "gemini-3.1-pro-preview",
 }
 
+# Names other clients send by default, mapped onto the table (first match wins): Claude Code
+# asks for `claude-*` models (its small fast model for background work is a haiku one).
+DEFAULT_MODEL_ALIASES = "claude-*haiku*=gemini-3.1-flash-lite,claude-*=gemini-3-flash"
+
 # A short, neutral system prompt for requests that bring none: without one the CLI
 # would send its ~25 KB coding-agent prompt with every request.
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -82,6 +86,17 @@ def parse_model_table(value: str) -> dict[str, str]:
     return table
 
 
+def parse_model_aliases(value: str) -> tuple[tuple[str, str], ...]:
+    """`pattern=model-id,...` (shell-style `*` and `?` patterns; first match wins; empty: none)."""
+    aliases = []
+    for item in filter(None, (part.strip() for part in value.replace("\n", ",").split(","))):
+        pattern, sep, target = item.partition("=")
+        if not sep or not pattern.strip() or not target.strip():
+            raise ValueError(f"model alias {item!r} is not pattern=model-id")
+        aliases.append((pattern.strip(), target.strip()))
+    return tuple(aliases)
+
+
 # name -> (default, parser). Names are the environment variables.
 SETTINGS: dict[str, tuple[Any, Any]] = {
     "GEMINI_BIN": (None, str),
@@ -92,6 +107,7 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "PROXY_MAX_BODY_BYTES": (25 * 1024 * 1024, _non_negative_int),
     "PROXY_MODELS": (None, parse_model_table),
     "PROXY_EXTRA_MODELS": (None, parse_model_table),
+    "PROXY_MODEL_ALIASES": (DEFAULT_MODEL_ALIASES, parse_model_aliases),
     "PROXY_DEFAULT_SYSTEM_PROMPT": (DEFAULT_SYSTEM_PROMPT, str),
     "PROXY_GEMINI_CONFIG": ("~/.gemini", str),
     "PROXY_RUN_DIR": (None, str),
@@ -136,6 +152,13 @@ def finish_settings(settings: dict[str, Any]) -> dict[str, Any]:
     models = dict(settings.get("PROXY_MODELS") or DEFAULT_MODELS)
     models.update(settings.get("PROXY_EXTRA_MODELS") or {})
     settings["MODELS"] = models
+    aliases = settings.get("PROXY_MODEL_ALIASES")
+    if isinstance(aliases, str):  # the default, or a test's plain value
+        aliases = parse_model_aliases(aliases)
+    unknown = [target for _, target in aliases if target not in models]
+    if unknown:
+        raise RuntimeError(f"PROXY_MODEL_ALIASES maps onto model ids that are not in the table: {', '.join(unknown)}")
+    settings["MODEL_ALIASES"] = aliases
     settings["PROXY_RUN_DIR"] = settings.get("PROXY_RUN_DIR") or tempfile.gettempdir()
     settings["PROXY_GEMINI_CONFIG"] = str(Path(settings["PROXY_GEMINI_CONFIG"]).expanduser())
     settings["GEMINI_BIN"] = resolve_gemini_bin(settings.get("GEMINI_BIN"))

@@ -1,10 +1,12 @@
-"""One JSON error shape for every route: OpenAI's `{"error": {message, type, param, code}}`."""
+"""One JSON error shape per API: OpenAI's `{"error": {message, type, param, code}}` everywhere,
+except under /v1/messages, whose clients (Anthropic's SDKs, Claude Code) read Anthropic's
+`{"type": "error", "error": {type, message}}`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flask import Blueprint, Response, current_app, g, jsonify
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 bp = Blueprint("errors", __name__)
@@ -41,11 +43,25 @@ class ApiError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def anthropic_body(self) -> dict:
+        return {"type": "error", "error": {"type": anthropic_error_type(self.status), "message": self.message}}
+
     def response(self) -> Response:
-        response = jsonify(self.body())
+        response = jsonify(self.anthropic_body() if anthropic_path(request.path) else self.body())
         response.status_code = self.status
         response.headers.update(self.headers)
         return response
+
+
+def anthropic_path(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error `type` for an HTTP status (its SDKs map the status, Claude Code shows both)."""
+    types = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
+    return types.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
 def no_retry_headers() -> dict[str, str]:
@@ -62,7 +78,8 @@ def handle_api_error(error: ApiError) -> Response:
 @bp.app_errorhandler(HTTPException)
 def handle_http_exception(error: HTTPException) -> Response:
     messages = {
-        404: "No such route. The API lives under /v1 (GET /v1/models, POST /v1/chat/completions).",
+        404: "No such route. The API lives under /v1 (GET /v1/models, POST /v1/chat/completions, "
+             "POST /v1/responses, POST /v1/messages).",
         413: "The request body is too large (see PROXY_MAX_BODY_BYTES).",
     }
     status = error.code or 500
