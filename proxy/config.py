@@ -153,7 +153,10 @@ def finish_settings(settings: dict[str, Any]) -> dict[str, Any]:
     models.update(settings.get("PROXY_EXTRA_MODELS") or {})
     settings["MODELS"] = models
     aliases = settings.get("PROXY_MODEL_ALIASES")
-    if isinstance(aliases, str):  # the default, or a test's plain value
+    if aliases == DEFAULT_MODEL_ALIASES:
+        # The defaults point at the default table: with a replaced table, those that miss go.
+        aliases = tuple(a for a in parse_model_aliases(aliases) if a[1] in models)
+    elif isinstance(aliases, str):
         aliases = parse_model_aliases(aliases)
     unknown = [target for _, target in aliases if target not in models]
     if unknown:
