@@ -128,14 +128,15 @@ def image(mime: Any, data: Any, param: str) -> Image:
     return Image(mime=mime, extension=IMAGE_TYPES[mime], data=decoded)
 
 
-def pair_tool_results(messages: list[Message]) -> None:
+def pair_tool_results(messages: list[Message], where: str | None = None) -> None:
     """Every tool result answers a call made earlier in the conversation, and the results of an
-    assistant turn's calls come right after it: the model must get them paired, in order."""
+    assistant turn's calls come right after it: the model must get them paired, in order.
+    Errors name `messages[i]`, or `where` for a front-end whose items are not those messages."""
     open_calls: dict[str, ToolCall] = {}
     for i, message in enumerate(messages):
-        param = f"messages[{i}]"
+        param = where or f"messages[{i}]"
         if open_calls and message.role != "tool":
-            raise _unanswered(open_calls, f"before `{param}`")
+            raise _unanswered(open_calls, f"before `{param}`", where)
         for result in message.tool_results:
             if not result.call_id:  # legacy `function` message: the open call of that name
                 result.call_id = next((c.id for c in open_calls.values() if c.name == result.name), "")
@@ -143,17 +144,18 @@ def pair_tool_results(messages: list[Message]) -> None:
             if call is None:
                 what = f"`{result.call_id[:80]}`" if result.call_id else f"of function `{result.name}`"
                 raise bad(f"`{param}`: the tool result {what} does not answer a tool call of the assistant "
-                          "message before it (or that call was already answered).", f"{param}.tool_call_id")
+                          "message before it (or that call was already answered).",
+                          where or f"{param}.tool_call_id")
             result.name = call.name
         for call in message.tool_calls:
             if call.id in open_calls:
-                raise bad(f"`{param}` has two tool calls with the id `{call.id[:80]}`.", f"{param}.tool_calls")
+                raise bad(f"`{param}` has two tool calls with the id `{call.id[:80]}`.", where or f"{param}.tool_calls")
             open_calls[call.id] = call
     if open_calls:
-        raise _unanswered(open_calls, "at the end of `messages`")
+        raise _unanswered(open_calls, f"at the end of `{where or 'messages'}`", where)
 
 
-def _unanswered(open_calls: dict[str, ToolCall], where: str) -> ApiError:
+def _unanswered(open_calls: dict[str, ToolCall], place: str, where: str | None) -> ApiError:
     missing = ", ".join(list(open_calls)[:5])
-    return bad(f"The tool calls {missing} have no `tool` message with their result {where}; send one "
-               "for each call, right after the assistant message that made them.", "messages")
+    return bad(f"The tool calls {missing} have no result {place}; send one for each call, right after the "
+               "turn that made them.", where or "messages")

@@ -1,6 +1,7 @@
-"""Server-sent events as OpenAI clients read them: `data:` lines and comments, nothing else.
+"""Server-sent events: `data:` lines and comments for chat completions; `event:` + `data:`
+frames for the APIs whose clients expect them (Responses, Anthropic Messages).
 
-No `id:`, `event:` or `retry:` frames: the OpenAI SDK mishandles them.
+Chat completions get no `id:`, `event:` or `retry:` frames: the OpenAI SDK mishandles them there.
 """
 
 from __future__ import annotations
@@ -15,3 +16,8 @@ HEARTBEAT = ": keep-alive\n\n"
 def sse_data(payload: dict) -> str:
     """One event carrying one JSON object on one line."""
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def sse_event(kind: str, payload: dict) -> str:
+    """One named event carrying one JSON object on one line."""
+    return f"event: {kind}\n{sse_data(payload)}"
