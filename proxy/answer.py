@@ -106,9 +106,7 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
     while True:
         left, which = deadlines.remaining(got_text or bool(calls))
         if left <= 0:
-            # Retrying would likely time out again, at the cost of another full run.
-            raise ApiError(504, _deadline_message(which, deadlines), code="deadline_exceeded",
-                           headers=no_retry_headers())
+            raise deadline_error(which, deadlines)
         event = run.next_event(min(heartbeat, left))
         if event is None:
             if client_gone():
@@ -195,8 +193,12 @@ def _hit_limit(stats: dict | None, limit: int | None) -> bool:
     return output + thoughts >= limit
 
 
-def _deadline_message(which: str, deadlines: Deadlines) -> str:
+def deadline_error(which: str, deadlines: Deadlines) -> ApiError:
+    """The 504 for a passed deadline; retrying would likely time out again, at the cost of a run."""
     if which == "first-token":
-        return (f"The model sent no answer within {deadlines.first_token:g} s "
-                "(PROXY_FIRST_TOKEN_TIMEOUT); the gemini run was stopped.")
-    return f"The request took longer than {deadlines.total:g} s (PROXY_REQUEST_TIMEOUT); the gemini run was stopped."
+        message = (f"The model sent no answer within {deadlines.first_token:g} s "
+                   "(PROXY_FIRST_TOKEN_TIMEOUT); the gemini run was stopped.")
+    else:
+        message = (f"The request took longer than {deadlines.total:g} s (PROXY_REQUEST_TIMEOUT); "
+                   "the gemini run was stopped.")
+    return ApiError(504, message, code="deadline_exceeded", headers=no_retry_headers())

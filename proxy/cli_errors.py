@@ -15,6 +15,7 @@ from .errors import ApiError, no_retry_headers
 # API errors in stream-json mode exit with the HTTP status & 0xFF.
 _API_EXIT = {144: 400, 145: 401, 147: 403, 148: 404, 173: 429, 244: 500, 246: 502, 247: 503, 248: 504}
 _RETRY_IN = re.compile(r"retry in\s+([0-9]+(?:\.[0-9]+)?)\s*(ms|s)\b", re.I)
+_MODEL_NOT_FOUND = re.compile(r"models/\S+ is not found")
 _RETRY_DELAY = re.compile(r"retryDelay\"?\s*[:=]\s*\"?([0-9]+(?:\.[0-9]+)?)s", re.I)
 
 
@@ -38,10 +39,11 @@ def _clean(text: str, limit: int = 600) -> str:
 
 
 def classify_failure(exit_code: int | None, result_error: str | None, stderr: str, model: str,
-                     cli_model: str) -> ApiError:
-    """The ApiError for a run that produced no usable answer."""
+                     cli_model: str, status: int | None = None) -> ApiError:
+    """The ApiError for a run that produced no usable answer: from its exit code, or (ACP, where
+    the process survives an API error) from the HTTP status the CLI reported."""
     detail = result_error or _clean(stderr) or "no message"
-    status = _API_EXIT.get(exit_code or 0)
+    status = status or _API_EXIT.get(exit_code or 0)
     if exit_code == 41:
         return ApiError(503, f"The gemini CLI has no login configured. {LOGIN_HELP} (CLI: {_clean(stderr)})",
                         code="gemini_auth_missing", headers=no_retry_headers())
@@ -52,7 +54,8 @@ def classify_failure(exit_code: int | None, result_error: str | None, stderr: st
             headers["Retry-After"] = str(wait)
         return ApiError(429, f"Gemini API rate limit or quota reached: {detail}", code="rate_limit_exceeded",
                         headers=headers)
-    if status == 404 or (exit_code == 1 and "not found" in detail.lower()):
+    # ACP reports the API's 404 for a model as a JSON-RPC error with code 500: its text tells.
+    if status == 404 or (exit_code == 1 and "not found" in detail.lower()) or _MODEL_NOT_FOUND.search(detail):
         return ApiError(404, f"The Gemini API does not know the model `{cli_model}` (requested as `{model}`): "
                         f"{detail}", code="model_not_found", param="model")
     if status == 400:

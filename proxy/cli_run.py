@@ -1,9 +1,12 @@
-"""CliRun: one headless `gemini` process and everything it owns.
+"""CliRun: one `gemini` process and everything it owns, whichever way it is driven.
 
 A run owns a private temp dir (mode 0700) holding the CLI's cwd (`work/`), its CLI home
 (`home/`), its TMPDIR (`tmp/`), the system prompt file and the stderr file; its own
 process group (a new session), so that killing it reaches every process the CLI started;
-and a reader that turns stdout lines into events. `close()` kills the group (TERM, then
+and a reader that turns stdout lines into events. It is driven in one of two ways: headless
+(`-o stream-json`: the prompt on stdin, then EOF; events are stream-json) or ACP (`--acp`:
+JSON-RPC messages on stdin, `send()`; events are the agent's messages, proxy/acp.py).
+`close()` kills the group (TERM, then
 KILL after a grace period), reaps the process and removes the dir; it is idempotent and
 never raises, so it can run from a generator's `finally` and `call_on_close` alike.
 
@@ -44,6 +47,7 @@ PRIMER = "\n"
 
 EOF = object()  # queued by the reader when stdout ends
 TOOL_CALLED = "tool_called"  # type of the events the tool socket queues (not a CLI event type)
+ACP_INITIALIZE_ID = 0  # the JSON-RPC id of the `initialize` an ACP run is sent at spawn
 OWNER_FILE = "owner"  # in each run dir: {"master", "worker", "pgid"}; read by gunicorn.conf.py
 
 # Every run not yet closed in this process, so that a worker on its way out can kill them all.
@@ -109,6 +113,10 @@ class CliRun:
         self.returncode: int | None = None
         self.stderr_tail = ""
         self.from_pool = False  # set when a warm process is handed to a request
+        self.acp = False  # driven over ACP (JSON-RPC) instead of headless stream-json
+        self.used = False  # handed a prompt (or an ACP session): a run serves one request
+        self.initialized = threading.Event()  # ACP: the CLI answered `initialize`
+        self.acp_capabilities: dict[str, Any] = {}
         self.on_close: list[Callable[[], None]] = []
         self._events: queue.Queue = queue.Queue()
         self._reader: threading.Thread | None = None
@@ -122,10 +130,13 @@ class CliRun:
             _live_runs.add(self)
 
     def spawn(self, gemini_bin: str, cli_model: str, system_text: str,
-              environ: Mapping[str, str] | None = None) -> None:
-        """Start the CLI for one model and system prompt; it then waits for `feed()`."""
+              environ: Mapping[str, str] | None = None, acp: bool = False) -> None:
+        """Start the CLI for one model and system prompt; it then waits for `feed()` (headless)
+        or for a session (ACP: `initialize` is sent at once, see proxy/acp.py)."""
         self.system_file.write_text(system_text, encoding="utf-8")
-        argv = [gemini_bin, "-m", cli_model, "-o", "stream-json", "--approval-mode", "default"]
+        self.acp = acp
+        argv = ([gemini_bin, "--acp", "-m", cli_model] if acp else
+                [gemini_bin, "-m", cli_model, "-o", "stream-json", "--approval-mode", "default"])
         env = cli_environment(environ)
         env.update({
             "GEMINI_CLI_HOME": str(self.home),
@@ -138,7 +149,8 @@ class CliRun:
         })
         stdin_read, self._stdin_fd = os.pipe()
         try:
-            os.write(self._stdin_fd, PRIMER.encode())
+            if not acp:  # ACP reads stdin at once; only headless needs the primer (see PRIMER)
+                os.write(self._stdin_fd, PRIMER.encode())
             os.set_blocking(self._stdin_fd, False)
             with open(self.stderr_file, "wb") as stderr:
                 started = time.perf_counter()
@@ -156,6 +168,10 @@ class CliRun:
         (self.dir / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
         self._reader = threading.Thread(target=self._read_stdout, name=f"cli-{self.proc.pid}", daemon=True)
         self._reader.start()
+        if acp:
+            self.send({"jsonrpc": "2.0", "id": ACP_INITIALIZE_ID, "method": "initialize", "params": {
+                "protocolVersion": 1, "clientCapabilities": {"fs": {"readTextFile": False, "writeTextFile": False},
+                                                             "terminal": False}}})
 
     def listen_for_tool_calls(self, path: Path) -> None:
         """Accept the reports of this run's MCP tool server (proxy/mcp_tool_server.py): each
@@ -167,8 +183,15 @@ class CliRun:
         self._tool_socket = sock
         threading.Thread(target=self._accept_tool_calls, args=(sock,), name="cli-tools", daemon=True).start()
 
+    def send(self, message: dict[str, Any]) -> None:
+        """ACP: write one JSON-RPC message (one line), waiting cooperatively while the pipe is full."""
+        data = (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        if not self._write(memoryview(data)):
+            raise BrokenPipeError("the gemini process no longer reads its input")
+
     def feed(self, text: str, files: list[tuple[str, bytes]] = ()) -> None:
         """Put the request's files in the workspace, then send the prompt and close stdin."""
+        self.used = True
         for name, data in files:
             (self.workspace / name).write_bytes(data)
         # A writer of its own: a large prompt fills the pipe until the CLI reads it.
@@ -192,13 +215,16 @@ class CliRun:
         return self.returncode
 
     def waiting(self) -> bool:
-        """Spawned, not fed, not closed, alive and silent: fit to be handed a prompt (warm pool)."""
+        """Spawned, not used, not closed, alive and silent: fit to be handed a request (warm pool)."""
         proc = self.proc
-        return (proc is not None and not self._closed and self._stdin_fd is not None
+        return (proc is not None and not self._closed and not self.used and self._stdin_fd is not None
                 and self._events.empty() and proc.poll() is None)
 
     def ready(self) -> bool:
-        """The CLI has read the primer, i.e. finished its initialisation and waits for the prompt."""
+        """The CLI has finished its initialisation and waits: it read the primer (headless), or
+        answered `initialize` (ACP)."""
+        if self.acp:
+            return self.initialized.is_set()
         with self._stdin_lock:
             if self._stdin_fd is None:
                 return False
@@ -251,9 +277,9 @@ class CliRun:
 
     # -- internals --------------------------------------------------------------
 
-    def _write_stdin(self, data: bytes) -> None:
-        """Write all of `data`, waiting (cooperatively) while the pipe is full; then close."""
-        view = memoryview(data)
+    def _write(self, view: memoryview) -> bool:
+        """Write all of `view` to stdin, waiting (cooperatively) while the pipe is full; False if
+        the CLI is gone or the run closed first."""
         try:
             while view and self._stdin_fd is not None:
                 select.select([], [self._stdin_fd], [], 1.0)
@@ -265,7 +291,13 @@ class CliRun:
                     except BlockingIOError:
                         continue
         except (OSError, ValueError, TypeError):
-            pass  # the CLI is gone (or closing); its exit code tells why
+            return False  # the CLI is gone (or closing); its exit code tells why
+        return not view
+
+    def _write_stdin(self, data: bytes) -> None:
+        """Write all of `data`, then close stdin (headless: EOF ends the prompt)."""
+        try:
+            self._write(memoryview(data))
         finally:
             self._close_stdin()
             # Under gevent (26), os.close() of a pipe is deferred until the event loop next polls,
@@ -321,12 +353,20 @@ class CliRun:
                     # The CLI prints some plain text even in stream-json mode; it is not an event.
                     log.debug("non-JSON line from gemini: %r", line[:200])
                     continue
-                if isinstance(event, dict):
-                    self._events.put(event)
+                if not isinstance(event, dict):
+                    continue
+                if self.acp and event.get("id") == ACP_INITIALIZE_ID and "method" not in event:
+                    # The answer to the `initialize` sent at spawn: the process is ready for a session.
+                    self.acp_capabilities = event.get("result") or {}
+                    self.initialized.set()
+                    if "error" not in event:
+                        continue
+                self._events.put(event)
         except (OSError, ValueError):
             pass
         finally:
             self._events.put(EOF)
+            self.initialized.set()  # wakes whoever waits for an `initialize` that will not come
 
     def _group_alive(self, pgid: int) -> bool:
         try:

@@ -60,6 +60,13 @@ def _key_list(value: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in value.split(",") if key.strip())
 
 
+def _interface(value: str) -> str:
+    value = value.strip().lower()
+    if value not in {"auto", "headless"}:
+        raise ValueError("PROXY_CLI_INTERFACE must be 'auto' or 'headless'")
+    return value
+
+
 def _tools(value: str) -> str:
     value = value.strip().lower()
     if value not in {"none", "read-only"}:
@@ -113,6 +120,9 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "PROXY_RUN_DIR": (None, str),
     "PROXY_CLI_MAX_ATTEMPTS": (1, _non_negative_int),
     "PROXY_TOOLS": ("none", _tools),
+    # How the CLI is driven: `auto` = ACP for requests without client tools (thoughts, one warm
+    # pool for every such request), headless for those with tools; `headless` = always headless.
+    "PROXY_CLI_INTERFACE": ("auto", _interface),
     "PROXY_STATUS_HOLD": (5.0, _positive_float),
     "PROXY_MAX_CONCURRENT": (None, _non_negative_int),
     "PROXY_QUEUE_SIZE": (16, _non_negative_int),

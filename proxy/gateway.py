@@ -22,6 +22,7 @@ from typing import Protocol
 
 from flask import Response, current_app, g, request
 
+from .acp import read_acp_answer
 from .answer import (
     CLI_ADDED_ARGUMENT,
     AnswerShape,
@@ -104,11 +105,12 @@ def start_answer(conversation: Conversation) -> Answering:
     config = current_app.config
     timing: RequestTiming = g.timing
     timing.model, timing.stream = conversation.model, conversation.stream
-    prompt = build_prompt(conversation, config["PROXY_DEFAULT_SYSTEM_PROMPT"])
+    interface = RunSpec.interface_for(conversation, config["PROXY_CLI_INTERFACE"])
+    prompt = build_prompt(conversation, config["PROXY_DEFAULT_SYSTEM_PROMPT"], inline_images=interface == "acp")
     if len(prompt.text.encode("utf-8")) > MAX_PROMPT_BYTES:
         raise ApiError(413, "The conversation is longer than the gemini CLI's 8 MB input limit.",
                        code="context_length_exceeded", param="messages")
-    spec = RunSpec.for_conversation(conversation, prompt.system_text)
+    spec = RunSpec.for_conversation(conversation, prompt.system_text, interface)
     run = start_run(spec, prompt)
     try:
         # A warm process was spawned before this request: its spawn is not this request's cost.
@@ -121,13 +123,12 @@ def start_answer(conversation: Conversation) -> Answering:
                                 t.name for t in tools if CLI_ADDED_ARGUMENT in (t.parameters.get("properties") or {})),
                             parallel_tool_calls=conversation.parallel_tool_calls,
                             max_output_tokens=conversation.generation.max_output_tokens)
-        events = read_answer(
-            run, model=conversation.model, cli_model=conversation.cli_model,
-            deadlines=Deadlines(g.started_monotonic, config["PROXY_REQUEST_TIMEOUT"],
-                                config["PROXY_FIRST_TOKEN_TIMEOUT"]),
-            heartbeat=config["PROXY_HEARTBEAT_INTERVAL"], shape=shape,
-            client_gone=client_gone_check(request.environ),
-        )
+        deadlines = Deadlines(g.started_monotonic, config["PROXY_REQUEST_TIMEOUT"],
+                              config["PROXY_FIRST_TOKEN_TIMEOUT"])
+        common = {"model": conversation.model, "cli_model": conversation.cli_model, "deadlines": deadlines,
+                  "heartbeat": config["PROXY_HEARTBEAT_INTERVAL"], "shape": shape,
+                  "client_gone": client_gone_check(request.environ)}
+        events = read_acp_answer(run, prompt, **common) if run.acp else read_answer(run, **common)
     except BaseException:
         run.close()
         raise

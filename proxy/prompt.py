@@ -10,6 +10,7 @@ rewrites `@` tokens in the text, so then the user's own `@`s are escaped (`\\@`)
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -27,23 +28,54 @@ _AT_REFERENCE = re.compile(r"(?<!\\)@(?=[^ \t\n\r,;!?()\[\]{}])")
 
 @dataclass
 class Prompt:
-    """The prompt text (sent after the primer newline), system prompt and image files."""
+    """The prompt text (sent after the primer newline), system prompt and images: files the
+    text references with `@name` (headless), or ACP content blocks (`blocks()`)."""
 
     text: str
     system_text: str
     images: list[tuple[str, bytes]] = field(default_factory=list)
+    inline_images: dict[str, Image] = field(default_factory=dict)  # ACP: placeholder -> image
+
+    def blocks(self) -> list[dict]:
+        """ACP `session/prompt` content: text blocks with the images in their places. ACP passes
+        text through untouched (no `@` references) except that a prompt whose leading text,
+        trimmed, starts with `/` or `$` is run as a command: such text gets a zero-width space
+        first (which JavaScript's trim() keeps), so that it reaches the model instead."""
+        blocks: list[dict] = []
+        pieces = re.split(f"({'|'.join(map(re.escape, self.inline_images))})", self.text) if self.inline_images \
+            else [self.text]
+        for i, piece in enumerate(pieces):
+            image = self.inline_images.get(piece)
+            if image is not None:
+                blocks.append({"type": "image", "mimeType": image.mime,
+                               "data": base64.b64encode(image.data).decode("ascii")})
+            elif piece or i == 0:
+                blocks.append({"type": "text", "text": piece})
+        first = blocks[0]
+        if first["type"] == "text" and first["text"].strip().startswith(("/", "$")):
+            first["text"] = "\u200b" + first["text"]
+        return blocks
 
 
-def build_prompt(conversation: Conversation, default_system: str) -> Prompt:
-    images = _name_images(conversation.images)
-    render = _Renderer(images, escape_at=bool(images))
+def build_prompt(conversation: Conversation, default_system: str, inline_images: bool = False) -> Prompt:
+    """The prompt for a run: images as workspace files the text references (headless), or with
+    `inline_images` as placeholders that `Prompt.blocks()` turns into ACP image blocks."""
+    if inline_images:
+        token = secrets.token_hex(8)
+        names = {image: f"[[image {i} {token}]]" for i, image in enumerate(conversation.images)}
+        render = _Renderer(names, escape_at=False)
+    else:
+        names = _name_images(conversation.images)
+        render = _Renderer({image: f"@{name}" for image, name in names.items()}, escape_at=bool(names))
     turns = conversation.turns
     if len(turns) == 1 and turns[0].role == "user":
         body = render.message(turns[0])
     else:
         body = _transcript(turns, render)
-    return Prompt(text=body, system_text=conversation.system_text or default_system,
-                  images=[(name, image.data) for image, name in images.items()])
+    system_text = conversation.system_text or default_system
+    if inline_images:
+        return Prompt(text=body, system_text=system_text, inline_images={ref: image for image, ref in names.items()})
+    return Prompt(text=body, system_text=system_text, images=[(name, image.data) for image, name in names.items()])
 
 
 def _name_images(images: list[Image]) -> dict[Image, str]:
@@ -61,7 +93,7 @@ class _Renderer:
         pieces = []
         for part in message.parts:
             if isinstance(part, Image):
-                pieces.append(f"@{self.image_names[part]}")
+                pieces.append(self.image_names[part])
             elif isinstance(part, ToolCall):
                 pieces.append(self.text(f"(called the tool {part.name} with call id {part.id} and arguments "
                                         f"{part.arguments})"))

@@ -107,7 +107,8 @@ class ResponseBuilder:
 
 def to_usage(usage: dict[str, int] | None) -> dict[str, Any]:
     usage = usage or {}
-    return {"input_tokens": usage.get("prompt_tokens", 0), "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+    return {"input_tokens": usage.get("prompt_tokens", 0),
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": usage.get("completion_tokens", 0),
             "output_tokens_details": {"reasoning_tokens": usage.get("reasoning_tokens") or 0},
             "total_tokens": usage.get("total_tokens", 0)}

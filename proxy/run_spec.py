@@ -50,9 +50,22 @@ class RunSpec:
     system_text: str
     model_configs: str = ""  # settings.json `modelConfigs`: generation settings
     tools: str = ""  # the MCP tool declarations [{name, description, inputSchema}]
+    interface: str = "headless"  # or "acp" (proxy/acp.py): how the CLI is driven
+
+    @staticmethod
+    def interface_for(conversation: Conversation, setting: str) -> str:
+        """ACP where it is strongest (thoughts; one warm process fits any request), headless
+        for client tools (every call of a parallel turn comes back; see proxy/acp.py)."""
+        return "acp" if setting == "auto" and not conversation.offered_tools else "headless"
+
+    def process_spec(self, default_cli_model: str) -> RunSpec:
+        """What the process itself must be started with, the warm pool's key: all of this spec
+        (headless), or only the interface (ACP: the session brings model, prompt, settings)."""
+        return RunSpec(cli_model=default_cli_model, system_text="", interface="acp") if self.interface == "acp" \
+            else self
 
     @classmethod
-    def for_conversation(cls, conversation: Conversation, system_text: str) -> RunSpec:
+    def for_conversation(cls, conversation: Conversation, system_text: str, interface: str = "headless") -> RunSpec:
         tools = conversation.offered_tools
         content_config = conversation.generation.content_config(conversation.cli_model)
         if tools and conversation.tool_choice != "auto":
@@ -68,7 +81,7 @@ class RunSpec:
                          "inputSchema": t.parameters} for t in tools]
         return cls(cli_model=conversation.cli_model, system_text=system_text,
                    model_configs=_canonical(model_configs) if model_configs else "",
-                   tools=_canonical(declarations) if declarations else "")
+                   tools=_canonical(declarations) if declarations else "", interface=interface)
 
     def tool_declarations(self) -> list[dict[str, Any]]:
         return json.loads(self.tools) if self.tools else []

@@ -2,18 +2,21 @@
 
 `spawn_run` is the one way a gemini process comes to life, for a request (cold) and for the
 warm pool alike: a private run dir, a CLI home with the generated settings and a copy of the
-login, the system prompt file, the primer in the pipe. `start_run` takes a warm process from
-the pool when one fits the request, and spawns one otherwise.
+login, the system prompt file, the primer in the pipe (headless) or `initialize` (ACP).
+`start_run` takes a warm process from the pool when one fits the request, and spawns one
+otherwise; then feeds it the prompt (headless) or prepares its session (ACP).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from flask import current_app
 
+from .acp import prepare_session
 from .cli_home import UserAuth, cli_settings, find_user_auth, write_cli_home
 from .cli_run import CliRun
 from .errors import ApiError, no_retry_headers
@@ -32,22 +35,40 @@ def start_run(spec: RunSpec, prompt: Prompt) -> CliRun:
     if auth.problem:
         raise ApiError(503, auth.problem, code="gemini_auth_missing", headers=no_retry_headers())
     pool = current_app.extensions.get("warm_pool")
-    run = pool.take(spec) if pool is not None else None
+    key = spec.process_spec(default_cli_model(config))
+    run = pool.take(key) if pool is not None else None
     if run is not None:
         run.from_pool = True
     try:
         if run is None:
             slot = current_app.extensions["run_limiter"].acquire()  # or 429 after queueing
-            run = spawn_run(config, auth, slot, spec)
+            run = spawn_run(config, auth, slot, key)
     finally:
         if pool is not None:
             pool.wake()  # replace what was taken, or warm up for this request's key
     try:
-        run.feed(prompt.text, prompt.images)
+        if run.acp:
+            # The session reads the request's own settings and system prompt (proxy/acp.py).
+            prepare_session(run, run_settings(config, auth, spec, run.dir), prompt.system_text)
+        else:
+            run.feed(prompt.text, prompt.images)
     except BaseException:
         run.close()
         raise
     return run
+
+
+def default_cli_model(config: Mapping[str, Any]) -> str:
+    """The `-m` an ACP process starts with (each session then sets its own model)."""
+    models = config["MODELS"]
+    return models.get("gemini-cli") or next(iter(models.values()))
+
+
+def run_settings(config: Mapping[str, Any], auth: UserAuth, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """The settings.json of a run of `spec` laid out in `run_dir`."""
+    return cli_settings(auth.auth_type, config["PROXY_CLI_MAX_ATTEMPTS"], config["PROXY_TOOLS"],
+                        client_tools=spec.cli_tool_names(), mcp_servers=spec.mcp_servers(run_dir),
+                        model_configs=json.loads(spec.model_configs) if spec.model_configs else None)
 
 
 def spawn_run(config: Mapping[str, Any], auth: UserAuth, slot: Slot, spec: RunSpec) -> CliRun:
@@ -61,14 +82,11 @@ def spawn_run(config: Mapping[str, Any], auth: UserAuth, slot: Slot, spec: RunSp
     run.on_close.append(slot.release)
     gemini_bin = config["GEMINI_BIN"]
     try:
-        settings = cli_settings(auth.auth_type, config["PROXY_CLI_MAX_ATTEMPTS"], config["PROXY_TOOLS"],
-                                client_tools=spec.cli_tool_names(), mcp_servers=spec.mcp_servers(run.dir),
-                                model_configs=json.loads(spec.model_configs) if spec.model_configs else None)
-        write_cli_home(run.dir, run.home, settings, auth)
+        write_cli_home(run.dir, run.home, run_settings(config, auth, spec, run.dir), auth)
         if spec.tools:
             (run.dir / TOOLS_FILE).write_text(json.dumps(spec.tool_declarations()), encoding="utf-8")
             run.listen_for_tool_calls(run.dir / TOOL_SOCKET)
-        run.spawn(gemini_bin, spec.cli_model, spec.system_text)
+        run.spawn(gemini_bin, spec.cli_model, spec.system_text, acp=spec.interface == "acp")
     except (FileNotFoundError, PermissionError) as exc:
         run.close()
         raise gemini_not_found(gemini_bin) from exc

@@ -25,6 +25,7 @@ def app(tmp_path: Path):
         "PROXY_RUN_DIR": str(tmp_path),
         "PROXY_HEARTBEAT_INTERVAL": 0.2,
         "PROXY_STATUS_HOLD": 1.0,
+        "PROXY_CLI_INTERFACE": "headless",
     })
     yield app
     pool = app.extensions.get("warm_pool")
@@ -79,6 +80,7 @@ def real_server(mock_api, tmp_path_factory):
         "GOOGLE_GEMINI_BASE_URL": mock_api.base_url,
         "GEMINI_API_KEY": "test-key",
         "PROXY_STATUS_HOLD": "10",
+        "PROXY_CLI_INTERFACE": "auto",
         "HOME": str(tmp_path_factory.mktemp("home")),
     }) as proxy:
         yield proxy

@@ -69,6 +69,8 @@ class ProxyServer:
             # Cold runs only unless a test asks for the warm pool (tests/test_pool.py): the other
             # tests count processes, records and run dirs per request.
             "PROXY_POOL_SIZE": "0",
+            # The stand-in's headless mode; servers that test ACP (and the real CLI) say `auto`.
+            "PROXY_CLI_INTERFACE": "headless",
             "FAKE_GEMINI_RECORD_DIR": str(self.record_dir),
             "PYTHONUNBUFFERED": "1",
         })

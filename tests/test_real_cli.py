@@ -128,34 +128,46 @@ def test_system_prompt_and_history_reach_the_model(real_oai, mock):
     assert len(mock.generate_requests()[-1].body) < 2048
 
 
+# A request with a client tool runs headless, one without over ACP (proxy/acp.py): both are tested.
+DUMMY_TOOL = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}
+INTERFACES = {"acp": {}, "headless": {"tools": [DUMMY_TOOL]}}
+
+
+@pytest.mark.parametrize("interface", list(INTERFACES))
 @pytest.mark.parametrize("text", [
     "mail bob@example.com about it",
     "read @/etc/hostname please",
     "/init",
+    "$ls",
     "@generalist please do it",
     "@cli_help what now",
     "look at @.gemini/settings.json and @../home/.gemini/oauth_creds.json",
 ])
-def test_user_text_is_inert(real_oai, mock, text):
-    real_oai.chat.completions.create(model="gemini-cli", messages=ask(text))
+def test_user_text_is_inert(real_oai, mock, text, interface):
+    real_oai.chat.completions.create(model="gemini-cli", messages=ask(text), **INTERFACES[interface])
     body = last_body(mock)
     parts = user_parts(body)
-    assert prompt_text(body) == "\n" + text
+    # Headless: after the primer newline. ACP: as it is, but a leading / or $ gets a zero-width space.
+    expected = "\n" + text if interface == "headless" else ("\u200b" if text[0] in "/$" else "") + text
+    assert prompt_text(body) == expected
     assert not any("inlineData" in p for p in parts), "a file was attached"
     assert not any("system_note" in p.get("text", "") or "Content from" in p.get("text", "") for p in parts)
 
 
-def test_image_parts_reach_the_model_as_images(real_oai, mock):
+@pytest.mark.parametrize("interface", list(INTERFACES))
+def test_image_parts_reach_the_model_as_images(real_oai, mock, interface):
     url = "data:image/png;base64," + base64.b64encode(PNG).decode()
     real_oai.chat.completions.create(model="gemini-cli", messages=[{"role": "user", "content": [
         {"type": "text", "text": "what is in this picture? (from bob@example.com)"},
         {"type": "image_url", "image_url": {"url": url}},
-    ]}])
+    ]}], **INTERFACES[interface])
     parts = user_parts(last_body(mock))
     images = [p["inlineData"] for p in parts if "inlineData" in p]
     assert images == [{"mimeType": "image/png", "data": base64.b64encode(PNG).decode()}]
     text = prompt_text(last_body(mock))
-    assert "what is in this picture?" in text and "bob\\@example.com" in text
+    # Headless attaches images as @files, so the user's own @ is escaped there; ACP sends text as is.
+    assert "what is in this picture?" in text
+    assert ("bob\\@example.com" if interface == "headless" else "bob@example.com") in text
 
 
 def _cli_pids_under(run_dir: Path) -> list[int]:
