@@ -135,6 +135,8 @@ def pair_tool_results(messages: list[Message], where: str | None = None) -> None
     open_calls: dict[str, ToolCall] = {}
     for i, message in enumerate(messages):
         param = where or f"messages[{i}]"
+        if message.role == "system":
+            continue  # instructions, wherever they stand, join the system prompt
         if open_calls and message.role != "tool":
             raise _unanswered(open_calls, f"before `{param}`", where)
         for result in message.tool_results:

@@ -26,6 +26,7 @@ from .checks import MAX_STOP_SEQUENCES, bad, number, optional, pair_tool_results
 from .conversation import Conversation, Image, Message, Part, Tool, ToolCall, ToolResult
 from .errors import ApiError
 from .generation import Generation
+from .openai_format import json_text
 
 # Accepted and ignored: they change nothing the client gets back (JSON null allowed for all).
 IGNORED_PARAMS: dict[str, tuple[type, ...]] = {
@@ -146,10 +147,19 @@ def _turn(raw: Any, index: int) -> list[Message]:
     if not isinstance(raw, dict):
         raise bad(f"`{param}` must be an object.", param)
     role = raw.get("role")
-    if role not in {"user", "assistant"}:
-        raise bad(f"`{param}.role` must be `user` or `assistant` (the system prompt goes in `system`).",
-                  f"{param}.role")
+    if role not in ("user", "assistant", "system"):
+        raise bad(f"`{param}.role` must be `user`, `assistant` or `system`.", f"{param}.role")
     content = raw.get("content")
+    if role == "system":
+        # Claude Code sends mid-conversation system turns (its environment, its agents): they
+        # join the system prompt, text only.
+        if isinstance(content, list):
+            if not all(isinstance(b, dict) and b.get("type") == "text" for b in content):
+                raise bad(f"`{param}`: a system message holds text blocks only.", f"{param}.content")
+            content = "\n".join(_text(b, f"{param}.content[{i}]") for i, b in enumerate(content))
+        if not isinstance(content, str):
+            raise bad(f"`{param}.content` must be a string or text blocks.", f"{param}.content")
+        return [Message("system", [content])]
     if isinstance(content, str):
         return [Message(role, [content])]
     if not isinstance(content, list):
@@ -181,7 +191,7 @@ def _turn(raw: Any, index: int) -> list[Message]:
     return results + ([Message(role, parts)] if parts or not results else [])
 
 
-def _image(block: dict, param: str, what: str = "") -> Image:
+def _image(block: dict, param: str) -> Image:
     source = block.get("source")
     if not isinstance(source, dict):
         raise bad(f"`{param}.source` must be an object.", param)
@@ -190,19 +200,21 @@ def _image(block: dict, param: str, what: str = "") -> Image:
         return checks.image(source.get("media_type"), source.get("data"), f"{param}.source")
     if kind == "url":
         raise checks.remote_image(param)
-    raise bad(f"`{param}.source.type` must be `base64`{what} (files and other sources are not supported).",
+    raise bad(f"`{param}.source.type` must be `base64` (files and other sources are not supported).",
               param)
 
 
 def _tool_use(block: dict, param: str) -> ToolCall:
-    call_id, name, arguments = block.get("id"), block.get("name"), block.get("input", {})
+    call_id, name, arguments = block.get("id"), block.get("name"), block.get("input")
+    if arguments is None:
+        arguments = {}
     if not isinstance(call_id, str) or not call_id:
         raise bad(f"`{param}.id` must be a non-empty string.", param)
     if not isinstance(name, str) or not name:
         raise bad(f"`{param}.name` must be a non-empty string.", param)
     if not isinstance(arguments, dict):
         raise bad(f"`{param}.input` must be an object.", param)
-    return ToolCall(id=call_id, name=name, arguments=json.dumps(arguments, ensure_ascii=False))
+    return ToolCall(id=call_id, name=name, arguments=json_text(arguments))
 
 
 def _tool_result(block: dict, param: str) -> Message:
@@ -302,8 +314,10 @@ def _tools(body: dict) -> tuple[list[Tool], str, bool]:
         return tools, "required", parallel
     if kind == "tool":
         name = choice.get("name")
-        if not isinstance(name, str) or name not in {t.name for t in tools}:
-            why = (" (it is a server tool, which this gateway does not run)" if name in server_tools else "")
+        if not isinstance(name, str):
+            raise bad("`tool_choice.name` must be a string.", "tool_choice")
+        if name not in {t.name for t in tools}:
+            why = " (it is a server tool, which this gateway does not run)" if name in server_tools else ""
             raise bad(f"`tool_choice.name` must name a tool of `tools`{why}.", "tool_choice")
         return tools, name, parallel
     raise bad("`tool_choice.type` must be `auto`, `any`, `tool` or `none`.", "tool_choice")
@@ -344,7 +358,7 @@ def _thinking(value: dict | None) -> str | None:
         return next((effort for limit, effort in EFFORT_BUDGETS if budget < limit), "high")
     if kind == "disabled":
         return "none"
-    if kind in {"adaptive", "between_tools"}:
+    if kind in ("adaptive", "between_tools"):
         return None
     raise bad("`thinking.type` must be `enabled`, `disabled` or `adaptive`.", "thinking")
 
