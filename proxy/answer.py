@@ -126,13 +126,15 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
             if call is not None:
                 calls.append(call)
                 yield ToolCalled(call)
-        elif kind in (TOOL_CALLED, "tool_result") and calls:
-            # The turn is over and its calls are being run: collect the rest of them, end here.
+        elif kind == TOOL_CALLED or (kind == "tool_result" and calls):
+            # The turn is over and its calls are being run: collect the rest of them (the socket's
+            # report can overtake the stdout lines that preceded it), and end here.
             for call in _settle(run, shape, calls):
                 calls.append(call)
                 yield ToolCalled(call)
-            yield Finished("tool_calls", None)
-            return
+            if calls:
+                yield Finished("tool_calls", None)
+                return
         elif kind == "error":
             warnings.append(str(event.get("message", "")))
         elif kind == "result":
