@@ -36,7 +36,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Per worker; it spawns nothing before the worker's first chat request.
     app.extensions["warm_pool"] = (
         WarmPool(app.config, app.extensions["run_limiter"], app.config["PROXY_POOL_SIZE"],
-                 app.config["PROXY_POOL_KEYS"], app.config["PROXY_POOL_MAX_IDLE"])
+                 app.config["PROXY_POOL_KEYS"], app.config["PROXY_POOL_MAX_IDLE"], app.config["PROXY_POOL_MAX"])
         if app.config["PROXY_POOL_SIZE"] and app.config["PROXY_POOL_KEYS"] else None)
     configure_request_log()
 
@@ -78,8 +78,11 @@ def end_request(response: Response) -> Response:
     if timing is not None and not response.is_streamed:
         # A streamed body is still to be sent: the stream records and logs its own end.
         timing.finish(response.status_code, error_outcome(response.status_code, timing.outcome))
-        timing.emit()
         response.headers["Server-Timing"] = timing.server_timing()
+        if g.get("run_closes_after_response"):
+            response.call_on_close(timing.emit)  # after the run's close: the line has its exit code
+        else:
+            timing.emit()
     return response
 
 

@@ -11,14 +11,22 @@ Why two ways to drive the CLI (measured, shared/gemini-cli-agents.md and the REA
   results on to the API. Requests with client tools therefore run headless, where every call
   of the turn is printed before any runs (proxy/answer.py).
 
+Each ACP run opens its session ahead: `session/new` and `session/set_model` go out the moment
+`initialize` is answered (`ahead_session`), for the spec the run was started with, so a warm
+process whose spec is the request's starts at `session/prompt`. A request with another spec
+gets a process of another spec (or a cold one): its own settings and system prompt are
+written and a new session opened in a new cwd (`prepare_session`); the session opened ahead is
+never used. Each process serves one request, then is closed with its run: nothing one request
+left in it can reach the next.
+
 `read_acp_answer` yields the same events as `answer.read_answer` (Thinking, Delta, Silence,
-Finished), so the front-ends cannot tell the two apart. Each process serves one session,
-then is closed with its run: nothing one request left in it can reach the next.
+Finished), so the front-ends cannot tell the two apart.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,17 +36,31 @@ from .cli_run import EOF, CliRun
 from .errors import ApiError
 from .prompt import Prompt
 
-SESSION_NEW, SET_MODEL, PROMPT = 1, 2, 3  # JSON-RPC ids of the session's requests
-SESSION_DIR = "session"  # in the run dir: the session's cwd (new, so settings are re-read)
+AHEAD_NEW = 1  # JSON-RPC id of the session opened ahead
+SESSION_NEW, SET_MODEL, PROMPT = 11, 12, 13  # ... of a session opened for the request, and the prompt
+AHEAD_DIR = "session"  # in the run dir: the cwd of the session opened ahead
+SESSION_DIR = "request"  # ... of one opened for the request: a new cwd, so settings are re-read
 EMPTY_SUBJECT = "****\n"  # how the CLI prints a thought that has no subject
 
 
-def prepare_session(run: CliRun, settings: dict[str, Any], system_text: str) -> None:
-    """Write what `session/new` reads: the request's settings.json and system prompt."""
+def ahead_session(run: CliRun) -> list[dict[str, Any]]:
+    """The request that opens a run's session ahead (sent by CliRun once `initialize` is answered).
+    The process was started with `-m` the spec's model, so the session needs no `set_model`."""
+    (run.dir / AHEAD_DIR).mkdir(mode=0o700, exist_ok=True)
+    return [{"jsonrpc": "2.0", "id": AHEAD_NEW, "method": "session/new",
+             "params": {"cwd": str(run.dir / AHEAD_DIR), "mcpServers": []}}]
+
+
+def prepare_session(run: CliRun, spec: Any, settings: dict[str, Any], system_text: str) -> None:
+    """Give `run` to a request of `spec`. The session opened ahead is the request's if the run was
+    started for the same spec; otherwise write what the request's own `session/new` will read."""
+    run.used = True
+    if run.spec == spec:
+        return
+    run.spec = None  # the session opened ahead is not this request's
     (run.home / ".gemini" / "settings.json").write_text(json.dumps(settings), encoding="utf-8")
     run.system_file.write_text(system_text, encoding="utf-8")
     (run.dir / SESSION_DIR).mkdir(mode=0o700, exist_ok=True)
-    run.used = True
 
 
 def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, deadlines: Deadlines,
@@ -64,8 +86,10 @@ def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, 
             if event is EOF:
                 return
 
-    def failed(message: str = "", status: int | None = None) -> ApiError:
-        exit_code = run.finish(timeout=1.0 if status else 5.0)
+    def failed(message: str = "", status: int | None = None, answered: bool = False) -> ApiError:
+        # A process that answered with a JSON-RPC error is still up (ACP survives API errors):
+        # waiting for its exit would only delay the error. One whose output ended may take a while.
+        exit_code = run.finish(timeout=0 if answered else 5.0)
         return classify_failure(exit_code, message, run.stderr_tail, model, cli_model, status)
 
     def send(message: dict[str, Any]) -> None:
@@ -93,17 +117,25 @@ def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, 
 
     replies: dict[int, dict[str, Any]] = {}
     stream = events()
+    own_session = run.spec is not None  # the session opened ahead is this request's (prepare_session)
     # The process may still be initialising (a cold run, or a warm one taken early).
-    while not run.initialized.wait(0):
-        yield from _wait_initialized(run, deadlines, heartbeat, client_gone, state)
+    ready = run.ahead_done if own_session else run.initialized
+    while not ready.wait(0):
+        yield from _wait(ready, deadlines, heartbeat, client_gone, state)
     if not run.acp_capabilities:  # `initialize` failed, or the process ended before answering it
         event = run.next_event(0.5)
         raise _error(event["error"], failed) if isinstance(event, dict) and "error" in event else failed()
-    yield from request(SESSION_NEW, "session/new", {"cwd": str(run.dir / SESSION_DIR), "mcpServers": []})
-    session_id = replies[SESSION_NEW].get("sessionId")
-    yield from request(SET_MODEL, "session/set_model", {"sessionId": session_id, "modelId": cli_model})
+    if own_session:
+        answer = run.ahead_answers.get(AHEAD_NEW) or {}
+        if "error" in answer or "result" not in answer:
+            raise _error(answer["error"], failed) if "error" in answer else failed()
+        session_id = answer["result"].get("sessionId")
+    else:
+        yield from request(SESSION_NEW, "session/new", {"cwd": str(run.dir / SESSION_DIR), "mcpServers": []})
+        session_id = replies[SESSION_NEW].get("sessionId")
+        yield from request(SET_MODEL, "session/set_model", {"sessionId": session_id, "modelId": cli_model})
     send({"jsonrpc": "2.0", "id": PROMPT, "method": "session/prompt",
-              "params": {"sessionId": session_id, "prompt": prompt.blocks()}})
+          "params": {"sessionId": session_id, "prompt": prompt.blocks()}})
     got_text = got_thoughts = False
     for event in stream:
         if isinstance(event, Silence):
@@ -126,6 +158,7 @@ def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, 
         elif event.get("id") == PROMPT and "method" not in event:
             if "error" in event:
                 raise _error(event["error"], failed)
+            run.answered = True
             yield _finished(event.get("result") or {}, got_text, got_thoughts, shape)
             return
         else:
@@ -133,12 +166,13 @@ def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, 
     raise failed()
 
 
-def _wait_initialized(run: CliRun, deadlines: Deadlines, heartbeat: float, client_gone: Callable[[], bool],
-                      state: dict) -> Iterator[Silence]:
+def _wait(ready: threading.Event, deadlines: Deadlines, heartbeat: float, client_gone: Callable[[], bool],
+          state: dict) -> Iterator[Silence]:
+    """Wait for `ready` up to one heartbeat; Silence if it did not come."""
     left, which = deadlines.remaining(state["output"])
     if left <= 0:
         raise deadline_error(which, deadlines)
-    if not run.initialized.wait(min(heartbeat, left)):
+    if not ready.wait(min(heartbeat, left)):
         if client_gone():
             raise ClientGone()
         yield Silence()
@@ -149,7 +183,7 @@ def _error(error: Any, failed: Callable[..., ApiError]) -> ApiError:
     error = error if isinstance(error, dict) else {"message": str(error)}
     code, message = error.get("code"), str(error.get("message") or "")
     status = code if isinstance(code, int) and 400 <= code < 600 else None
-    return failed(message, status)
+    return failed(message, status, answered=True)
 
 
 def _finished(result: dict[str, Any], got_text: bool, got_thoughts: bool, shape: AnswerShape) -> Finished:

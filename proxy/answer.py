@@ -139,12 +139,14 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
             warnings.append(str(event.get("message", "")))
         elif kind == "result":
             result = event
+            if result.get("status") == "success":
+                # The answer is whole; the CLI's own exit takes ~100 ms more, nobody need wait for it.
+                run.answered = True
+                usage = usage_from_stats(result.get("stats"))
+                yield Finished("length" if _hit_limit(result.get("stats"), shape.max_output_tokens) else "stop", usage)
+                return
     exit_code = run.finish()
     stats = result.get("stats") if result else None
-    if result and result.get("status") == "success":
-        usage = usage_from_stats(stats)
-        yield Finished("length" if _hit_limit(stats, shape.max_output_tokens) else "stop", usage)
-        return
     if result and not result.get("error") and any(SAFETY_MARKER in w for w in warnings):
         yield Finished("content_filter", usage_from_stats(stats))
         return

@@ -11,12 +11,12 @@ import secrets
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app
 
 from .answer import Delta, Finished, Thinking, ToolCalled
 from .chat_request import ChatRequest
 from .errors import ApiError
-from .gateway import collect, json_body, start_answer, stream
+from .gateway import collect, json_body, reply, start_answer, stream
 from .openai_format import to_chunk, to_completion, to_tool_call, to_usage_chunk
 from .sse import DONE, HEARTBEAT, sse_data
 
@@ -34,9 +34,9 @@ def create_chat_completion():
     if collected is None:
         return Response(status=499)  # the client left; nobody reads this
     finished = collected.finished
-    return jsonify(to_completion(completion_id(), int(time.time()), chat.model, collected.text,
-                                 finished.finish_reason, finished.usage, collected.tool_calls,
-                                 collected.reasoning))
+    return reply(answering, to_completion(completion_id(), int(time.time()), chat.model, collected.text,
+                                          finished.finish_reason, finished.usage, collected.tool_calls,
+                                          collected.reasoning))
 
 
 class ChunkEncoder:

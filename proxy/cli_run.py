@@ -48,6 +48,7 @@ PRIMER = "\n"
 EOF = object()  # queued by the reader when stdout ends
 TOOL_CALLED = "tool_called"  # type of the events the tool socket queues (not a CLI event type)
 ACP_INITIALIZE_ID = 0  # the JSON-RPC id of the `initialize` an ACP run is sent at spawn
+OWN_EXIT_GRACE = 0.5  # seconds a run that answered gets to exit on its own before SIGTERM
 OWNER_FILE = "owner"  # in each run dir: {"master", "worker", "pgid"}; read by gunicorn.conf.py
 
 # Every run not yet closed in this process, so that a worker on its way out can kill them all.
@@ -115,8 +116,16 @@ class CliRun:
         self.from_pool = False  # set when a warm process is handed to a request
         self.acp = False  # driven over ACP (JSON-RPC) instead of headless stream-json
         self.used = False  # handed a prompt (or an ACP session): a run serves one request
+        self.answered = False  # its whole answer was read (set by the readers): close() lets it exit
         self.initialized = threading.Event()  # ACP: the CLI answered `initialize`
         self.acp_capabilities: dict[str, Any] = {}
+        # ACP: requests sent the moment `initialize` is answered (a session opened ahead of the
+        # request, proxy/acp.py), their answers by id, and whether all have come (or never will).
+        self.ahead: list[dict[str, Any]] = []
+        self.ahead_answers: dict[Any, dict[str, Any]] = {}
+        self.ahead_done = threading.Event()
+        self.ready_at: float | None = None  # ACP: time.monotonic() when it was ready for a prompt
+        self.spec: Any = None  # what it was started for (runs.spawn_run: a RunSpec)
         self.on_close: list[Callable[[], None]] = []
         self._events: queue.Queue = queue.Queue()
         self._reader: threading.Thread | None = None
@@ -130,11 +139,13 @@ class CliRun:
             _live_runs.add(self)
 
     def spawn(self, gemini_bin: str, cli_model: str, system_text: str,
-              environ: Mapping[str, str] | None = None, acp: bool = False) -> None:
+              environ: Mapping[str, str] | None = None, acp: bool = False,
+              ahead: list[dict[str, Any]] = ()) -> None:
         """Start the CLI for one model and system prompt; it then waits for `feed()` (headless)
-        or for a session (ACP: `initialize` is sent at once, see proxy/acp.py)."""
+        or for a session (ACP: `initialize` is sent at once, then `ahead`; see proxy/acp.py)."""
         self.system_file.write_text(system_text, encoding="utf-8")
         self.acp = acp
+        self.ahead = list(ahead)
         argv = ([gemini_bin, "--acp", "-m", cli_model] if acp else
                 [gemini_bin, "-m", cli_model, "-o", "stream-json", "--approval-mode", "default"])
         env = cli_environment(environ)
@@ -224,7 +235,7 @@ class CliRun:
         """The CLI has finished its initialisation and waits: it read the primer (headless), or
         answered `initialize` (ACP)."""
         if self.acp:
-            return self.initialized.is_set()
+            return self.ahead_done.is_set() if self.ahead else self.initialized.is_set()
         with self._stdin_lock:
             if self._stdin_fd is None:
                 return False
@@ -355,18 +366,44 @@ class CliRun:
                     continue
                 if not isinstance(event, dict):
                     continue
-                if self.acp and event.get("id") == ACP_INITIALIZE_ID and "method" not in event:
-                    # The answer to the `initialize` sent at spawn: the process is ready for a session.
-                    self.acp_capabilities = event.get("result") or {}
-                    self.initialized.set()
-                    if "error" not in event:
-                        continue
+                if self.acp and "method" not in event and self._kept_aside(event):
+                    continue
+                if self.acp and not self.used and "id" not in event:
+                    continue  # notifications about the session opened ahead (its commands, say)
                 self._events.put(event)
         except (OSError, ValueError):
             pass
         finally:
             self._events.put(EOF)
-            self.initialized.set()  # wakes whoever waits for an `initialize` that will not come
+            # Wake whoever waits for answers that will not come.
+            self.initialized.set()
+            self.ahead_done.set()
+
+    def _kept_aside(self, answer: dict[str, Any]) -> bool:
+        """ACP answers to what the run sent on its own (`initialize`, the requests sent ahead)
+        are kept on the run, not queued as events; a failed `initialize` is queued as well."""
+        answer_id = answer.get("id")
+        if answer_id == ACP_INITIALIZE_ID:
+            self.acp_capabilities = answer.get("result") or {}
+            if not self.ahead or "error" in answer:
+                self.ready_at = time.monotonic()
+                self.ahead_done.set()
+            self.initialized.set()
+            if "error" in answer:
+                return False
+            for message in self.ahead:
+                try:
+                    self.send(message)
+                except BrokenPipeError:
+                    self.ahead_done.set()
+            return True
+        if any(message.get("id") == answer_id for message in self.ahead):
+            self.ahead_answers[answer_id] = answer
+            if len(self.ahead_answers) == len(self.ahead):
+                self.ready_at = time.monotonic()
+                self.ahead_done.set()
+            return True
+        return False
 
     def _group_alive(self, pgid: int) -> bool:
         try:
@@ -382,6 +419,14 @@ class CliRun:
         if proc is None:
             return
         pgid = proc.pid  # a new session: the leader's pid is the group id
+        if self.answered:
+            # A whole answer was read: let the CLI end as it would on its own (stdin closed), so that
+            # its exit code says how it ended; the reply has been sent, nobody waits for this.
+            self._close_stdin()
+            try:
+                proc.wait(timeout=OWN_EXIT_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
         # Signal before reaping: an unreaped leader keeps the group id from being reused.
         if self._group_alive(pgid):
             try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Protocol
 
-from flask import Response, current_app, g, request
+from flask import Response, current_app, g, jsonify, request
 
 from .acp import read_acp_answer
 from .answer import (
@@ -136,7 +136,8 @@ def start_answer(conversation: Conversation) -> Answering:
 
 
 def collect(answering: Answering) -> Collected | None:
-    """The whole answer, or None when the client left first (the run is closed either way)."""
+    """The whole answer, or None when the client left first. A failed or abandoned run is closed
+    here; a finished one by `reply`, once the response has been sent (closing takes ~100 ms)."""
     timing = answering.timing
     collected = Collected()
     texts: list[str] = []
@@ -154,14 +155,26 @@ def collect(answering: Answering) -> Collected | None:
                 collected.tool_calls.append(item.call)
             elif isinstance(item, Finished):
                 collected.finished = item
+                break
     except ClientGone:
+        answering.close()
         timing.outcome = "client_closed"
         return None
-    finally:
+    except BaseException:
         answering.close()
+        raise
     timing.usage(collected.finished.usage)
     collected.text, collected.reasoning = "".join(texts), "".join(thoughts)
     return collected
+
+
+def reply(answering: Answering, body: dict) -> Response:
+    """A collected answer's JSON response; its run is closed once the response has been sent (the
+    request's log line follows then, see proxy/__init__.py, so that it has the exit code)."""
+    response = jsonify(body)
+    response.call_on_close(answering.close)
+    g.run_closes_after_response = True
+    return response
 
 
 def stream(answering: Answering, encoder: Encoder) -> Response:

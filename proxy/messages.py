@@ -22,7 +22,7 @@ from flask import Blueprint, Response, current_app, g, jsonify
 from .answer import Delta, Finished, Thinking, ToolCalled
 from .conversation import ToolCall
 from .errors import ApiError
-from .gateway import Collected, collect, json_body, start_answer, stream
+from .gateway import Collected, collect, json_body, reply, start_answer, stream
 from .messages_request import MessagesRequest
 from .sse import sse_event
 
@@ -45,7 +45,7 @@ def create_message():
     collected = collect(answering)
     if collected is None:
         return Response(status=499)  # the client left; nobody reads this
-    return jsonify(to_message(message_id(), parsed.model, collected, estimate))
+    return reply(answering, to_message(message_id(), parsed.model, collected, estimate))
 
 
 @bp.post("/v1/messages/count_tokens")

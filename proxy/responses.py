@@ -13,12 +13,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app
 
 from .answer import Delta, Finished, Thinking, ToolCalled
 from .conversation import ToolCall
 from .errors import ApiError
-from .gateway import collect, json_body, start_answer, stream
+from .gateway import collect, json_body, reply, start_answer, stream
 from .responses_request import STATELESS, ResponsesRequest
 from .sse import HEARTBEAT, sse_event
 
@@ -42,7 +42,7 @@ def create_response():
         builder.add(builder.message_item(collected.text))
     for call in collected.tool_calls:
         builder.add(builder.function_call_item(call))
-    return jsonify(builder.response(collected.finished))
+    return reply(answering, builder.response(collected.finished))
 
 
 @bp.route("/v1/responses/<path:response_id>", methods=["GET", "DELETE"])

@@ -58,12 +58,6 @@ class RunSpec:
         for client tools (every call of a parallel turn comes back; see proxy/acp.py)."""
         return "acp" if setting == "auto" and not conversation.offered_tools else "headless"
 
-    def process_spec(self, default_cli_model: str) -> RunSpec:
-        """What the process itself must be started with, the warm pool's key: all of this spec
-        (headless), or only the interface (ACP: the session brings model, prompt, settings)."""
-        return RunSpec(cli_model=default_cli_model, system_text="", interface="acp") if self.interface == "acp" \
-            else self
-
     @classmethod
     def for_conversation(cls, conversation: Conversation, system_text: str, interface: str = "headless") -> RunSpec:
         tools = conversation.offered_tools

@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import current_app
 
-from .acp import prepare_session
+from .acp import ahead_session, prepare_session
 from .cli_home import UserAuth, cli_settings, find_user_auth, write_cli_home
 from .cli_run import CliRun
 from .errors import ApiError, no_retry_headers
@@ -35,33 +35,27 @@ def start_run(spec: RunSpec, prompt: Prompt) -> CliRun:
     if auth.problem:
         raise ApiError(503, auth.problem, code="gemini_auth_missing", headers=no_retry_headers())
     pool = current_app.extensions.get("warm_pool")
-    key = spec.process_spec(default_cli_model(config))
-    run = pool.take(key) if pool is not None else None
+    run = pool.take(spec) if pool is not None else None
     if run is not None:
         run.from_pool = True
     try:
         if run is None:
             slot = current_app.extensions["run_limiter"].acquire()  # or 429 after queueing
-            run = spawn_run(config, auth, slot, key)
+            run = spawn_run(config, auth, slot, spec)
     finally:
         if pool is not None:
             pool.wake()  # replace what was taken, or warm up for this request's key
     try:
         if run.acp:
-            # The session reads the request's own settings and system prompt (proxy/acp.py).
-            prepare_session(run, run_settings(config, auth, spec, run.dir), prompt.system_text)
+            # Its session opened ahead, if the run was started for this spec; else a new one
+            # that reads the request's own settings and system prompt (proxy/acp.py).
+            prepare_session(run, spec, run_settings(config, auth, spec, run.dir), prompt.system_text)
         else:
             run.feed(prompt.text, prompt.images)
     except BaseException:
         run.close()
         raise
     return run
-
-
-def default_cli_model(config: Mapping[str, Any]) -> str:
-    """The `-m` an ACP process starts with (each session then sets its own model)."""
-    models = config["MODELS"]
-    return models.get("gemini-cli") or next(iter(models.values()))
 
 
 def run_settings(config: Mapping[str, Any], auth: UserAuth, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
@@ -86,7 +80,9 @@ def spawn_run(config: Mapping[str, Any], auth: UserAuth, slot: Slot, spec: RunSp
         if spec.tools:
             (run.dir / TOOLS_FILE).write_text(json.dumps(spec.tool_declarations()), encoding="utf-8")
             run.listen_for_tool_calls(run.dir / TOOL_SOCKET)
-        run.spawn(gemini_bin, spec.cli_model, spec.system_text, acp=spec.interface == "acp")
+        acp = spec.interface == "acp"
+        run.spec = spec
+        run.spawn(gemini_bin, spec.cli_model, spec.system_text, acp=acp, ahead=ahead_session(run) if acp else ())
     except (FileNotFoundError, PermissionError) as exc:
         run.close()
         raise gemini_not_found(gemini_bin) from exc

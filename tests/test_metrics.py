@@ -71,6 +71,8 @@ def test_counts_from_both_workers(metrics_server):
             break
     assert len(served_by) == 2, f"all requests went to one worker: {served_by}"
 
+    # A request ends (and is counted) once its run is closed, just after its response was sent.
+    assert wait_until(lambda: total(scrape(server), "gemini_proxy_requests_in_progress") == 0, 10)
     # Every scrape (any worker may answer) sees the sum over both workers.
     for _ in range(4):
         after = scrape(server)

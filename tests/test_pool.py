@@ -178,18 +178,23 @@ def test_warm_process_killed_while_idle_is_not_handed_out(warm_server, mock):
     assert pid not in warm_for(warm_server, system)
 
 
-def test_idle_recycling_and_shutdown_leave_nothing(mock_api, mock):
+def test_unused_key_keeps_nothing_and_shutdown_leaves_nothing(mock_api, mock):
     server = pool_server(mock_api, {"PROXY_POOL_MAX_IDLE": "3"})
     with server:
         assert chat(server, "Recycle me.", "hi") == "Hello from the mock!"
         assert wait_until(lambda: len(warm_for(server, "Recycle me.")) == 1, 15)
         [(first_pid, first_dir)] = warm_for(server, "Recycle me.").items()
-        # After PROXY_POOL_MAX_IDLE the process is closed and a fresh one takes its place.
+        # PROXY_POOL_MAX_IDLE without a request: the process is closed, and nothing replaces it.
         assert wait_until(lambda: not pid_alive(first_pid) and not first_dir.exists(), 15)
+        assert wait_until(lambda: metric(server, "gemini_proxy_warm_processes") == 0, 5)
+        assert warm_for(server, "Recycle me.") == {}
+        # The next request is served cold and makes the key warm again.
+        misses0 = misses(server)
+        assert chat(server, "Recycle me.", "hi") == "Hello from the mock!"
+        assert misses(server) == misses0 + 1
         assert wait_until(lambda: len(warm_for(server, "Recycle me.")) == 1, 15)
         [(second_pid, _)] = warm_for(server, "Recycle me.").items()
         assert second_pid != first_pid
-        assert wait_until(lambda: metric(server, "gemini_proxy_warm_processes") == 1, 5)
     assert not group_alive(second_pid)
     assert_nothing_left(server)
 
