@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -125,6 +126,7 @@ def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, 
     if not run.acp_capabilities:  # `initialize` failed, or the process ended before answering it
         event = run.next_event(0.5)
         raise _error(event["error"], failed) if isinstance(event, dict) and "error" in event else failed()
+    run.handed_at = time.perf_counter()
     if own_session:
         answer = run.ahead_answers.get(AHEAD_NEW) or {}
         if "error" in answer or "result" not in answer:

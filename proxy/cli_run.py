@@ -117,6 +117,7 @@ class CliRun:
         self.acp = False  # driven over ACP (JSON-RPC) instead of headless stream-json
         self.used = False  # handed a prompt (or an ACP session): a run serves one request
         self.answered = False  # its whole answer was read (set by the readers): close() lets it exit
+        self.handed_at: float | None = None  # time.perf_counter() when the request went to the CLI
         self.initialized = threading.Event()  # ACP: the CLI answered `initialize`
         self.acp_capabilities: dict[str, Any] = {}
         # ACP: requests sent the moment `initialize` is answered (a session opened ahead of the
@@ -203,6 +204,7 @@ class CliRun:
     def feed(self, text: str, files: list[tuple[str, bytes]] = ()) -> None:
         """Put the request's files in the workspace, then send the prompt and close stdin."""
         self.used = True
+        self.handed_at = time.perf_counter()
         for name, data in files:
             (self.workspace / name).write_bytes(data)
         # A writer of its own: a large prompt fills the pipe until the CLI reads it.

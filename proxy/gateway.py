@@ -53,6 +53,12 @@ class Answering:
     events: Iterator[Delta | Thinking | ToolCalled | Silence | Finished]
     timing: RequestTiming
 
+    def token(self) -> None:
+        """An answer event arrived: the request's first (and last) token times."""
+        if self.timing.first_token_at is None:
+            self.timing.handed_at = self.run.handed_at
+        self.timing.token()
+
     def close(self) -> None:
         """End the run (idempotent) and note how it exited."""
         self.run.close()
@@ -145,13 +151,13 @@ def collect(answering: Answering) -> Collected | None:
     try:
         for item in answering.events:
             if isinstance(item, Delta):
-                timing.token()
+                answering.token()
                 texts.append(item.text)
             elif isinstance(item, Thinking):
-                timing.token()
+                answering.token()
                 thoughts.append(item.text)
             elif isinstance(item, ToolCalled):
-                timing.token()
+                answering.token()
                 collected.tool_calls.append(item.call)
             elif isinstance(item, Finished):
                 collected.finished = item
@@ -188,7 +194,7 @@ def stream(answering: Answering, encoder: Encoder) -> Response:
         for item in run_events:
             held.append(item)
             if isinstance(item, (Delta, Thinking, ToolCalled)):
-                timing.token()  # the first token's time is when it came, not when it is sent
+                answering.token()  # the first token's time is when it came, not when it is sent
             if not isinstance(item, Silence) or time.monotonic() >= hold_until:
                 break
     except ClientGone:
@@ -215,7 +221,7 @@ def stream(answering: Answering, encoder: Encoder) -> Response:
                     yield encoder.heartbeat()
                     continue
                 if isinstance(item, (Delta, Thinking, ToolCalled)):
-                    timing.token()
+                    answering.token()
                 elif isinstance(item, Finished):
                     timing.usage(item.usage)
                 yield from encoder.event(item)

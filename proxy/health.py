@@ -100,6 +100,11 @@ def readyz() -> Response:
                  "queued": limiter.queued, "queue_size": limiter.queue_size},
         "pid": os.getpid(),
     }
+    pool = current_app.extensions.get("warm_pool")
+    if pool is not None:
+        # Per worker: warm processes (and how many have finished starting), keys, what the traffic
+        # asks for, the measured start-up time, and hit/miss counts.
+        body["pool"] = pool.stats()
     response = jsonify(body)
     response.status_code = 503 if missing else 200
     response.headers["Cache-Control"] = "no-store"

@@ -30,6 +30,7 @@ class RequestTiming:
     started: float = field(default_factory=time.perf_counter)
     pool: str = "-"  # hit (a warm process answered), miss (spawned cold), off (no pool)
     spawn_ms: float | None = None
+    handed_at: float | None = None  # when the CLI was given the request (stdin, or the ACP session)
     first_token_at: float | None = None
     last_token_at: float | None = None
     finished_at: float | None = None
@@ -57,6 +58,13 @@ class RequestTiming:
     @property
     def ttft_ms(self) -> float | None:
         return self._ms(self.first_token_at)
+
+    @property
+    def cli_ttft_ms(self) -> float | None:
+        """The CLI's own time from being handed the request to its first text."""
+        if self.handed_at is None or self.first_token_at is None:
+            return None
+        return (self.first_token_at - self.handed_at) * 1000
 
     @property
     def total_ms(self) -> float | None:
@@ -93,7 +101,8 @@ class RequestTiming:
         fields = {
             "id": self.request_id, "model": self.model, "stream": str(self.stream).lower(),
             "status": self.status, "outcome": self.outcome, "pool": self.pool, "spawn_ms": self.spawn_ms,
-            "ttft_ms": self.ttft_ms, "total_ms": self.total_ms, "prompt_tokens": self.prompt_tokens,
+            "ttft_ms": self.ttft_ms, "cli_ttft_ms": self.cli_ttft_ms, "total_ms": self.total_ms,
+            "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "tokens_per_s": self.tokens_per_s,
             "exit_code": self.exit_code,
         }
