@@ -87,10 +87,10 @@ def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, 
             if event is EOF:
                 return
 
-    def failed(message: str = "", status: int | None = None, answered: bool = False) -> ApiError:
+    def failed(message: str = "", status: int | None = None, still_up: bool = False) -> ApiError:
         # A process that answered with a JSON-RPC error is still up (ACP survives API errors):
         # waiting for its exit would only delay the error. One whose output ended may take a while.
-        exit_code = run.finish(timeout=0 if answered else 5.0)
+        exit_code = run.finish(timeout=0 if still_up else 5.0)
         return classify_failure(exit_code, message, run.stderr_tail, model, cli_model, status)
 
     def send(message: dict[str, Any]) -> None:
@@ -185,7 +185,7 @@ def _error(error: Any, failed: Callable[..., ApiError]) -> ApiError:
     error = error if isinstance(error, dict) else {"message": str(error)}
     code, message = error.get("code"), str(error.get("message") or "")
     status = code if isinstance(code, int) and 400 <= code < 600 else None
-    return failed(message, status, answered=True)
+    return failed(message, status, still_up=True)
 
 
 def _finished(result: dict[str, Any], got_text: bool, got_thoughts: bool, shape: AnswerShape) -> Finished:

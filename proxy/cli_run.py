@@ -48,7 +48,7 @@ PRIMER = "\n"
 EOF = object()  # queued by the reader when stdout ends
 TOOL_CALLED = "tool_called"  # type of the events the tool socket queues (not a CLI event type)
 ACP_INITIALIZE_ID = 0  # the JSON-RPC id of the `initialize` an ACP run is sent at spawn
-OWN_EXIT_GRACE = 0.5  # seconds a run that answered gets to exit on its own before SIGTERM
+OWN_EXIT_GRACE = 1.5  # seconds a run that answered gets to exit on its own before SIGTERM (after the reply)
 OWNER_FILE = "owner"  # in each run dir: {"master", "worker", "pgid"}; read by gunicorn.conf.py
 
 # Every run not yet closed in this process, so that a worker on its way out can kill them all.
