@@ -46,7 +46,8 @@ def run(n: int = 20, gap: float = 3.0, burst: int = 5) -> dict:
     with MockGeminiApi() as api:
         for mode, pool in (("cold", "0"), ("warm", "1")):
             server = ProxyServer({"GEMINI_BIN": str(REAL_GEMINI), "GOOGLE_GEMINI_BASE_URL": api.base_url,
-                                  "PROXY_POOL_SIZE": pool, "PROXY_STATUS_HOLD": "10"}, workers=1)
+                                  "PROXY_POOL_SIZE": pool, "PROXY_STATUS_HOLD": "10",
+                                  "PROXY_CLI_INTERFACE": "auto"}, workers=1)
             with server:
                 pause = gap if mode == "warm" else 0.5
                 series(server.port, 2, pause)  # warm-up: node's file cache; the pool learns the key

@@ -51,6 +51,10 @@ TICK = 0.25  # seconds between checks of the idle processes (start-ups finish, p
 BURST_MEMORY = 120.0  # seconds of arrivals a key's size is computed from
 MAX_STARTING = 2  # processes initialising at once (each takes ~1.25 CPU-seconds)
 DEFAULT_STARTUP = 1.5  # seconds a start-up is assumed to take until one has been measured
+# No start-up begins sooner than this after a request took a process (and none within one start-up
+# time after a request had to start its own): requests arriving together (a burst, Open WebUI's
+# follow-ups) get the CPUs first; the stock is refilled once they are going.
+REFILL_DELAY = 0.5
 RECLAIM_PAUSE = 5.0  # after a request reclaimed a warm process's slot, no refill for this long
 MAX_DEATH_BACKOFF = 60.0  # a key whose processes keep dying is retried at most this rarely
 
@@ -170,12 +174,15 @@ class WarmPool:
                         found = self._pick([w for w in other_traffic.idle if w.run.ready()])
                         if found is not None:
                             break
+            self._refill_after = max(self._refill_after, now + REFILL_DELAY)
             if found is not None:
                 self._keys[found.key].idle.remove(found)
                 self.hits += 1
                 self._deaths.pop(found.key, None)
             else:
                 self.misses += 1
+                # This request starts a process of its own: no warm start-up competes with it.
+                self._refill_after = max(self._refill_after, now + self.startup)
         (WARM_HITS if found else WARM_MISSES).inc()
         self._publish()
         if found is None:
