@@ -1,6 +1,8 @@
 """Run every benchmark and print one table (with the date, `uname -m` and nproc).
 
-    python bench/run_all.py        # after: pip install -r requirements-dev.txt && npm ci
+    .venv/bin/python bench/run_all.py        # after bin/test has set up .venv and node_modules
+
+warm_traffic prints its own scenario table (it has more figures than one row each).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import concurrency
 import memory
 import overhead
 import request_overhead
+import tool_calls
 import ttft
+import warm_traffic
 
 
 def main() -> int:
     results: dict[str, dict | str] = {}
-    for name, bench in (("ttft", ttft.run), ("overhead", overhead.run), ("concurrency", concurrency.run),
+    for name, bench in (("ttft", ttft.run), ("tool_calls", tool_calls.run), ("warm_traffic", warm_traffic.run),
+                        ("overhead", overhead.run), ("concurrency", concurrency.run),
                         ("memory", memory.run), ("request_overhead", request_overhead.run)):
         try:
             results[name] = bench()
@@ -40,6 +45,8 @@ def main() -> int:
         ("cold / warm (medians)", f"{get('ttft', 'ratio')}x", ">= 10x"),
         ("TTFT warm, back-to-back (replacement still starting), median",
          f"{get('ttft', 'warm_no_gap_median_ms', '{:.0f}')} ms", ""),
+        ("first tool-call chunk, cold / warm (medians)", f"{get('tool_calls', 'cold_first_ms', '{:.0f}')} / "
+         f"{get('tool_calls', 'warm_first_ms', '{:.0f}')} ms", ""),
         ("proxy overhead to first token (stand-in, cold spawn)", f"{get('overhead', 'overhead_ms')} ms", "< 5 ms"),
         ("  through proxy / stand-in directly, medians", f"{get('overhead', 'proxy_median_ms')} / "
          f"{get('overhead', 'direct_median_ms')} ms", ""),

@@ -31,7 +31,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .answer import AnswerShape, ClientGone, Deadlines, Delta, Finished, Silence, Thinking, deadline_error
+from .answer import (
+    AnswerShape,
+    ClientGone,
+    Deadlines,
+    Delta,
+    Finished,
+    Silence,
+    Thinking,
+    deadline_error,
+    run_events,
+)
 from .cli_errors import classify_failure
 from .cli_run import EOF, CliRun
 from .errors import ApiError
@@ -71,22 +81,6 @@ def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, 
     shape = shape or AnswerShape(tool_names={})
     state = {"output": False}
 
-    def events() -> Iterator[dict | object | Silence]:
-        """The run's messages, with Silence between them; deadlines and the client checked."""
-        while True:
-            left, which = deadlines.remaining(state["output"])
-            if left <= 0:
-                raise deadline_error(which, deadlines)
-            event = run.next_event(min(heartbeat, left))
-            if event is None:
-                if client_gone():
-                    raise ClientGone()
-                yield Silence()
-                continue
-            yield event
-            if event is EOF:
-                return
-
     def failed(message: str = "", status: int | None = None, still_up: bool = False) -> ApiError:
         # A process that answered with a JSON-RPC error is still up (ACP survives API errors):
         # waiting for its exit would only delay the error. One whose output ended may take a while.
@@ -117,7 +111,7 @@ def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, 
         raise failed()
 
     replies: dict[int, dict[str, Any]] = {}
-    stream = events()
+    stream = run_events(run, deadlines, heartbeat, client_gone, lambda: state["output"])
     own_session = run.spec is not None  # the session opened ahead is this request's (prepare_session)
     # The process may still be initialising (a cold run, or a warm one taken early).
     ready = run.ahead_done if own_session else run.initialized

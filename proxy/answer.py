@@ -99,19 +99,13 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
                 shape: AnswerShape | None = None,
                 client_gone: Callable[[], bool] = lambda: False) -> Iterator[Delta | ToolCalled | Silence | Finished]:
     shape = shape or AnswerShape(tool_names={})
-    got_text = False
+    state = {"output": False}  # text or a tool call came: the first-token deadline is met
     calls: list[ToolCall] = []
     result: dict | None = None
     warnings: list[str] = []
-    while True:
-        left, which = deadlines.remaining(got_text or bool(calls))
-        if left <= 0:
-            raise deadline_error(which, deadlines)
-        event = run.next_event(min(heartbeat, left))
-        if event is None:
-            if client_gone():
-                raise ClientGone()
-            yield Silence()
+    for event in run_events(run, deadlines, heartbeat, client_gone, lambda: state["output"]):
+        if isinstance(event, Silence):
+            yield event
             continue
         if event is EOF:
             break
@@ -119,12 +113,13 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
         if kind == "message" and event.get("role") == "assistant":
             text = event.get("content")
             if isinstance(text, str) and text:
-                got_text = True
+                state["output"] = True
                 yield Delta(text)
         elif kind == "tool_use":
             call = _client_call(event, shape, calls)
             if call is not None:
                 calls.append(call)
+                state["output"] = True
                 yield ToolCalled(call)
         elif kind == TOOL_CALLED or (kind == "tool_result" and calls):
             # The turn is over and its calls are being run: collect the rest of them (the socket's
@@ -155,6 +150,25 @@ def read_answer(run: CliRun, *, model: str, cli_model: str, deadlines: Deadlines
     if not message and warnings:
         message = "; ".join(w for w in warnings if w)
     raise classify_failure(exit_code, message, run.stderr_tail, model, cli_model)
+
+
+def run_events(run: CliRun, deadlines: Deadlines, heartbeat: float, client_gone: Callable[[], bool],
+               answering: Callable[[], bool]) -> Iterator[dict | object | Silence]:
+    """The run's events up to EOF, with a Silence for each heartbeat interval without one; raises
+    the deadline's 504 (the first-token deadline until `answering()` is true) or ClientGone."""
+    while True:
+        left, which = deadlines.remaining(answering())
+        if left <= 0:
+            raise deadline_error(which, deadlines)
+        event = run.next_event(min(heartbeat, left))
+        if event is None:
+            if client_gone():
+                raise ClientGone()
+            yield Silence()
+            continue
+        yield event
+        if event is EOF:
+            return
 
 
 def _client_call(event: dict, shape: AnswerShape, calls: list[ToolCall]) -> ToolCall | None:

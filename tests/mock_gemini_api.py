@@ -320,6 +320,24 @@ def function_call(name: str, args: dict, signature: str | None = "c2lnbmF0dXJl")
     return part
 
 
+def contents_text(body: Any) -> str:
+    """A generate request's `contents` (the turns) as JSON text, to look for what reached the model."""
+    return json.dumps((body or {}).get("contents"))
+
+
+def calls_then_text(*calls: tuple[str, dict], text: str = "Oslo is rainy, Bergen is too."):
+    """A mock script: the model calls these tools (of those declared) until the conversation holds
+    a tool result (the gateway's transcript says "result of call"), then answers `text`."""
+    def script(body: Any) -> list[dict] | None:
+        if "result of call" in contents_text(body):
+            return model_turn([{"text": text}])
+        names = {d["name"] for d in declared_tools(body)}
+        parts = [function_call(f"mcp_fn_{name}", args, "c2ln" if i == 0 else None)
+                 for i, (name, args) in enumerate(calls) if f"mcp_fn_{name}" in names]
+        return model_turn(parts) if parts else None
+    return script
+
+
 def declared_tools(body: Any) -> list[dict]:
     """The functionDeclarations of a generate request's body."""
     return [d for tool in (body or {}).get("tools") or [] for d in tool.get("functionDeclarations") or []]
@@ -431,6 +449,11 @@ class MockGeminiApi:
         with self._cond:
             self.requests.append(rec)
             self._cond.notify_all()
+
+    def stream_bodies(self) -> list[Any]:
+        """The JSON bodies of the streamGenerateContent requests (the CLI's model calls), in order."""
+        with self._lock:
+            return [r.json for r in self.requests if r.rpc == "streamGenerateContent"]
 
     def generate_requests(self) -> list[RecordedRequest]:
         with self._lock:

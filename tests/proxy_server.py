@@ -105,6 +105,10 @@ class ProxyServer:
         except OSError:
             return ""
 
+    def run_dirs(self) -> list[Path]:
+        """The run dirs (one per live gemini run) in the server's PROXY_RUN_DIR."""
+        return list(self.run_dir.glob("gemini-proxy-*"))
+
     def request_lines(self) -> list[str]:
         return [line for line in self.log().splitlines() if " chat id=" in line]
 

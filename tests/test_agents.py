@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mock_gemini_api import declared_tools, function_call, model_turn
+from tests.mock_gemini_api import contents_text, declared_tools, function_call, model_turn
 from tests.proxy_server import PROJECT_DIR, group_alive, pid_alive, wait_until
 from tests.test_real_cli import CLI_UPGRADES
 
@@ -190,16 +190,10 @@ def run_agent(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float
     return finished
 
 
-def contents_of(body: dict) -> str:
-    return json.dumps(body["contents"])
 
 
-def stream_requests(mock) -> list[dict]:
-    return [r.json for r in mock.generate_requests() if r.rpc == "streamGenerateContent"]
 
 
-def run_dirs_left(server) -> list[Path]:
-    return list(server.run_dir.glob("gemini-proxy-*"))
 
 
 def new_request_lines(server, before: int, count: int) -> list[str]:
@@ -222,7 +216,7 @@ def assert_agent_left_nothing(done: Finished, sinkhole: Sinkhole, server) -> Non
     assert not done.group_left, f"the agent's process group outlived it:\n{done.describe()}"
     assert not done.left_behind, f"processes of the agent's run outlived it: {done.left_behind}"
     assert sinkhole.requests == [], f"the agent tried to reach more than the gateway: {sinkhole.requests}"
-    assert wait_until(lambda: not run_dirs_left(server), 10), run_dirs_left(server)
+    assert wait_until(lambda: not server.run_dirs(), 10), server.run_dirs()
 
 
 # -- Codex CLI: codex exec, its shell tool --------------------------------------------------------
@@ -284,7 +278,7 @@ def test_codex_exec_reads_a_file_with_its_shell_tool(real_server, mock, tmp_path
     def script(body):
         names = [d["name"] for d in declared_tools(body)]
         declared.append(names)
-        if secret in contents_of(body):  # the command's output came back
+        if secret in contents_text(body):  # the command's output came back
             return model_turn([{"text": f"The secret is {secret}"}])
         if "mcp_fn_exec_command" in names:
             return model_turn([function_call("mcp_fn_exec_command", {"cmd": "cat notes.txt"})])
@@ -301,15 +295,15 @@ def test_codex_exec_reads_a_file_with_its_shell_tool(real_server, mock, tmp_path
     assert secret in done.stdout, done.describe()
     assert last_message.read_text().strip() == f"The secret is {secret}", done.describe()
 
-    requests = stream_requests(mock)
+    requests = mock.stream_bodies()
     assert len(requests) == 2, (declared, done.describe())
     first, second = requests
     assert declared[0] == CODEX_TOOLS
     shell = next(d for d in declared_tools(first) if d["name"] == "mcp_fn_exec_command")
     assert shell["parametersJsonSchema"]["required"] == ["cmd"]
-    assert secret not in contents_of(first)
+    assert secret not in contents_text(first)
     # Codex ran the command itself (in its sandbox) and sent its output back as the call's result.
-    history = contents_of(second)
+    history = contents_text(second)
     assert "(called the tool exec_command with call id " in history
     assert ' to exec_command) #' in history
     assert "Process exited with code 0" in history, history[-2000:]
@@ -342,7 +336,7 @@ def test_claude_code_reads_a_file_with_its_read_tool(real_server, mock, tmp_path
     def script(body):
         names = [d["name"] for d in declared_tools(body)]
         declared.append(names)
-        if secret in contents_of(body):  # the Read tool's result came back
+        if secret in contents_text(body):  # the Read tool's result came back
             return model_turn([{"text": f"The secret is {secret}"}])
         if "mcp_fn_Read" in names:
             return model_turn([function_call("mcp_fn_Read", {"file_path": notes})])
@@ -369,15 +363,15 @@ def test_claude_code_reads_a_file_with_its_read_tool(real_server, mock, tmp_path
     assert result["is_error"] is False and result["num_turns"] == 2, done.describe()
     assert result["permission_denials"] == [], done.describe()
 
-    requests = stream_requests(mock)
+    requests = mock.stream_bodies()
     assert len(requests) == 2, (declared, done.describe())
     first, second = requests
     assert declared[0] == CLAUDE_TOOLS
     read = next(d for d in declared_tools(first) if d["name"] == "mcp_fn_Read")
     assert read["parametersJsonSchema"]["required"] == ["file_path"]
-    assert secret not in contents_of(first)
+    assert secret not in contents_text(first)
     # Claude Code ran its Read tool itself and sent the file back as the call's result.
-    history = contents_of(second)
+    history = contents_text(second)
     assert "(called the tool Read with call id toolu_" in history and " to Read) #" in history
     assert f"The secret word is {secret}." in history
     # Both were streamed Messages requests that ended well, under the name Claude Code asked

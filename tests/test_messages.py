@@ -20,7 +20,7 @@ from proxy.conversation import ToolCall
 from proxy.errors import ApiError
 from proxy.messages import MessageEncoder
 from proxy.messages_request import MessagesRequest
-from tests.mock_gemini_api import declared_tools, function_call, model_turn
+from tests.mock_gemini_api import calls_then_text, contents_text, declared_tools
 from tests.proxy_server import REAL_GEMINI, ProxyServer
 from tests.test_real_cli import last_body, prompt_text
 
@@ -48,20 +48,8 @@ def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def history(body: dict) -> str:
-    return json.dumps(body["contents"])
 
 
-def calls_then_text(*calls: tuple[str, dict], text: str = "Oslo is rainy."):
-    """A script: functionCalls until the prompt carries a tool result, then text."""
-    def script(body):
-        if "result of call" in history(body):
-            return model_turn([{"text": text}])
-        names = {d["name"] for d in declared_tools(body)}
-        parts = [function_call(f"mcp_fn_{name}", args, "c2ln" if i == 0 else None)
-                 for i, (name, args) in enumerate(calls) if f"mcp_fn_{name}" in names]
-        return model_turn(parts) if parts else None
-    return script
 
 
 # -- through the SDK, the real CLI and the mock API --------------------------------------------------
@@ -126,7 +114,8 @@ def test_beta_messages_and_a_claude_model_name(claude, mock):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_loop(claude, mock, stream):
-    mock.configure(script=calls_then_text(("get_weather", {"city": "Oslo"}), ("get_time", {"tz": "CET"})))
+    mock.configure(script=calls_then_text(("get_weather", {"city": "Oslo"}), ("get_time", {"tz": "CET"}),
+                                          text="Oslo is rainy."))
     messages = user("Weather in Oslo, and the time?")
     kwargs = {"model": "gemini-cli", "max_tokens": 500, "tools": [WEATHER, TIME]}
     if stream:
@@ -156,7 +145,7 @@ def test_tool_loop(claude, mock, stream):
         final = claude.messages.create(messages=messages, **kwargs)
     assert final.stop_reason == "end_turn"
     assert [(b.type, b.text) for b in final.content] == [("text", "Oslo is rainy.")]
-    second = history(last_body(mock))
+    second = contents_text(last_body(mock))
     assert f"call id {uses[0].id}" in second and f"result of call {uses[0].id} to get_weather" in second
     assert "rain in Oslo" in second and "Error: no clock" in second
     # The results come before the rest of the user's turn.
@@ -172,7 +161,7 @@ def test_a_tool_result_image_reaches_the_api(claude, mock):
             {"type": "text", "text": "here it is"},
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}]}])
     body = last_body(mock)
-    assert "here it is" in history(body) and "result of call toolu_s1 to get_weather" in history(body)
+    assert "here it is" in contents_text(body) and "result of call toolu_s1 to get_weather" in contents_text(body)
     assert any("inlineData" in p for c in body["contents"] for p in c.get("parts", []))
 
 
@@ -188,7 +177,7 @@ def test_pings_while_the_model_is_silent(real_server, mock):
 
 
 def test_tool_choice_reaches_the_api(claude, mock):
-    mock.configure(script=calls_then_text(("get_time", {"tz": "UTC"})))
+    mock.configure(script=calls_then_text(("get_time", {"tz": "UTC"}), text="Oslo is rainy."))
     message = claude.messages.create(model="gemini-cli", max_tokens=50, messages=user("time?"), tools=[WEATHER, TIME],
                                      tool_choice={"type": "tool", "name": "get_time"})
     assert message.stop_reason == "tool_use" and message.content[0].input == {"tz": "UTC"}
@@ -202,7 +191,8 @@ def test_tool_choice_reaches_the_api(claude, mock):
 
 
 def test_disable_parallel_tool_use_returns_one_call(claude, mock):
-    mock.configure(script=calls_then_text(("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Rome"})))
+    mock.configure(script=calls_then_text(("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Rome"}),
+                                          text="Oslo is rainy."))
     message = claude.messages.create(model="gemini-cli", max_tokens=50, messages=user("weather?"), tools=[WEATHER],
                                      tool_choice={"type": "auto", "disable_parallel_tool_use": True})
     assert [b.input for b in message.content if b.type == "tool_use"] == [{"city": "Oslo"}]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mock_gemini_api import declared_tools, function_call, model_turn
+from tests.mock_gemini_api import contents_text, declared_tools, function_call, model_turn
 from tests.proxy_server import PROJECT_DIR, group_alive, wait_until
 
 CLIENTS = PROJECT_DIR / "tests" / "clients"
@@ -111,16 +111,10 @@ def run_client(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: floa
     return finished
 
 
-def contents_of(body: dict) -> str:
-    return json.dumps(body["contents"])
 
 
-def stream_requests(mock) -> list[dict]:
-    return [r.json for r in mock.generate_requests() if r.rpc == "streamGenerateContent"]
 
 
-def run_dirs_left(server) -> list[Path]:
-    return list(server.run_dir.glob("gemini-proxy-*"))
 
 
 # -- openai-node: chat.completions.runTools ---------------------------------------------------
@@ -132,7 +126,7 @@ def test_openai_node_run_tools(real_server, mock, tmp_path, stream):
     answer = f"Oslo has light rain and 12 C (report {tag})."
 
     def script(body):
-        if tag in contents_of(body):  # the tool's result is in the history
+        if tag in contents_text(body):  # the tool's result is in the history
             return model_turn([{"text": answer}])
         if "mcp_fn_get_weather" in {d["name"] for d in declared_tools(body)}:
             return model_turn([function_call("mcp_fn_get_weather", {"city": "Oslo"})])
@@ -160,15 +154,15 @@ def test_openai_node_run_tools(real_server, mock, tmp_path, stream):
     assert summary["request_roles"] == [["user"], ["user", "assistant", "tool"]]
     assert summary["request_stream"] == [stream, stream]
 
-    first, second = stream_requests(mock)
-    assert tag not in contents_of(first)
+    first, second = mock.stream_bodies()
+    assert tag not in contents_text(first)
     assert [d["name"] for d in declared_tools(first)] == ["mcp_fn_get_weather"]
-    history = contents_of(second)
+    history = contents_text(second)
     assert f"call id {call['id']}" in history
     assert f"result of call {call['id']} to get_weather" in history
     assert tag in history and "light rain, 12 C" in history  # the tool's JSON result
     assert len(mock.generate_requests()) == 2
-    assert wait_until(lambda: not run_dirs_left(real_server), 10), run_dirs_left(real_server)
+    assert wait_until(lambda: not real_server.run_dirs(), 10), real_server.run_dirs()
 
 
 # -- Continue CLI: cn -p, with its Read tool ------------------------------------------------------
@@ -193,7 +187,7 @@ def test_continue_cli_reads_a_file_with_its_tool(real_server, mock, tmp_path):
     def script(body):
         names = [d["name"] for d in declared_tools(body)]
         tools_seen.append(names)
-        if secret in contents_of(body):  # the Read tool's result came back
+        if secret in contents_text(body):  # the Read tool's result came back
             return model_turn([{"text": f"The secret is {secret}"}])
         if len(tools_seen) > 3:  # the read keeps failing: end the agent's loop (the test fails)
             return model_turn([{"text": "I could not read the file."}])
@@ -213,18 +207,18 @@ def test_continue_cli_reads_a_file_with_its_tool(real_server, mock, tmp_path):
     assert done.returncode == 0, done.describe()
     assert secret in done.stdout, done.describe()
 
-    requests = stream_requests(mock)
+    requests = mock.stream_bodies()
     assert len(requests) == 2, (tools_seen, done.describe())
     first, second = requests
     assert tools_seen[0] == CONTINUE_TOOLS
     read = next(d for d in declared_tools(first) if d["name"] == "mcp_fn_Read")
     assert read["parametersJsonSchema"]["required"] == ["filepath"]
-    assert secret not in contents_of(first)
+    assert secret not in contents_text(first)
     # The second request carried what Continue's Read tool returned, as the result of its call.
-    history = contents_of(second)
+    history = contents_text(second)
     assert secret in history
     assert "(called the tool Read with call id " in history and " to Read) #" in history
-    assert wait_until(lambda: not run_dirs_left(real_server), 10), run_dirs_left(real_server)
+    assert wait_until(lambda: not real_server.run_dirs(), 10), real_server.run_dirs()
     # Continue streams: both requests were streamed chat requests that ended well.
     ours = f" chat id={request_id} "
 

@@ -11,7 +11,7 @@ import json
 import openai
 import pytest
 
-from tests.mock_gemini_api import declared_tools, function_call, model_turn
+from tests.mock_gemini_api import calls_then_text, contents_text, declared_tools, function_call, model_turn
 from tests.proxy_server import wait_until
 from tests.test_real_cli import ask, last_body
 
@@ -23,24 +23,10 @@ TIME = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"tz": {"type": "string", "enum": ["UTC", "CET"]}}}}}
 
 
-def prompt_of(body: dict) -> str:
-    return json.dumps(body["contents"])
 
 
-def calls_then_text(*calls: tuple[str, dict], text: str = "Oslo is rainy, Bergen is too."):
-    """A script: functionCalls of the turn until the prompt carries a tool result, then text."""
-    def script(body):
-        if "result of call" in prompt_of(body):
-            return model_turn([{"text": text}])
-        names = {d["name"] for d in declared_tools(body)}
-        parts = [function_call(f"mcp_fn_{name}", args, "c2ln" if i == 0 else None)
-                 for i, (name, args) in enumerate(calls) if f"mcp_fn_{name}" in names]
-        return model_turn(parts) if parts else None
-    return script
 
 
-def run_dirs_left(server) -> list:
-    return list(server.run_dir.glob("gemini-proxy-*"))
 
 
 def test_tool_loop_non_streamed(real_oai, real_server, mock):
@@ -60,7 +46,7 @@ def test_tool_loop_non_streamed(real_oai, real_server, mock):
         "properties"]["tz"]["enum"] == ["UTC", "CET"]
     # The run ended at the calls: one request reached the API, no tool result was sent to it.
     assert len(mock.generate_requests()) == 1
-    assert wait_until(lambda: not run_dirs_left(real_server), 10)
+    assert wait_until(lambda: not real_server.run_dirs(), 10)
 
     messages += [choice.message.model_dump(exclude_none=True)]
     messages += [{"role": "tool", "tool_call_id": c.id,
@@ -68,7 +54,7 @@ def test_tool_loop_non_streamed(real_oai, real_server, mock):
     final = real_oai.chat.completions.create(model="gemini-cli", messages=messages, tools=[WEATHER, TIME])
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.content == "Oslo is rainy, Bergen is too."
-    history = prompt_of(last_body(mock))
+    history = contents_text(last_body(mock))
     # Both calls and both results reached the model, paired by id, in order.
     for call, city in zip(calls, ("Oslo", "Bergen"), strict=True):
         assert f"call id {call.id}" in history and f"result of call {call.id} to get_weather" in history
