@@ -167,5 +167,6 @@ def test_private_dir_is_made_and_removed_and_stale_files_cleared(tmp_path):
     with ProxyServer({"PROMETHEUS_MULTIPROC_DIR": str(own)}) as proxy:
         assert not (own / "counter_999999.db").exists()
         assert chat(proxy, "hello").status_code == 200
-        assert total(scrape(proxy), "gemini_proxy_requests_total", status="200") == 1
+        # Counted when its run has closed, just after the reply.
+        assert wait_until(lambda: total(scrape(proxy), "gemini_proxy_requests_total", status="200") == 1, 10)
     assert own.is_dir()

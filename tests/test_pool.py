@@ -6,10 +6,12 @@ their cwd inside the server's run dir."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import secrets
 import signal
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -79,8 +81,18 @@ def cli_processes(server: ProxyServer) -> dict[int, Path]:
     return found
 
 
+def readyz_pool(server: ProxyServer) -> tuple[dict, dict]:
+    """The worker's (runs, pool) as /readyz reports them (the test servers run one worker)."""
+    body = json.loads(urllib.request.urlopen(server.base_url + "/readyz", timeout=10).read())
+    return body["runs"], body.get("pool") or {}
+
+
 def warm_for(server: ProxyServer, system: str) -> dict[int, Path]:
-    """The CLI processes whose system prompt file holds `system` (none is running a request)."""
+    """The warm CLI processes whose system prompt file holds `system`: only once every run slot
+    in use is a warm process (a request's run closes just after its reply, and would count)."""
+    runs, pool = readyz_pool(server)
+    if runs["in_use"] != pool.get("size"):
+        return {}
     out = {}
     for pid, run_dir in cli_processes(server).items():
         try:
