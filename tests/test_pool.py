@@ -191,13 +191,15 @@ def test_warm_process_killed_while_idle_is_not_handed_out(warm_server, mock):
 
 
 def test_unused_key_keeps_nothing_and_shutdown_leaves_nothing(mock_api, mock):
-    server = pool_server(mock_api, {"PROXY_POOL_MAX_IDLE": "3"})
+    # Long enough for the process to be started (a cold request holds refills back for one
+    # start-up) and seen, short enough to watch it go.
+    server = pool_server(mock_api, {"PROXY_POOL_MAX_IDLE": "8"})
     with server:
         assert chat(server, "Recycle me.", "hi") == "Hello from the mock!"
         assert wait_until(lambda: len(warm_for(server, "Recycle me.")) == 1, 15)
         [(first_pid, first_dir)] = warm_for(server, "Recycle me.").items()
         # PROXY_POOL_MAX_IDLE without a request: the process is closed, and nothing replaces it.
-        assert wait_until(lambda: not pid_alive(first_pid) and not first_dir.exists(), 15)
+        assert wait_until(lambda: not pid_alive(first_pid) and not first_dir.exists(), 20)
         assert wait_until(lambda: metric(server, "gemini_proxy_warm_processes") == 0, 5)
         assert warm_for(server, "Recycle me.") == {}
         # The next request is served cold and makes the key warm again.
