@@ -48,7 +48,6 @@ from .timing import RequestTiming
 class Answering:
     """A request's run and the events of its answer, with the request's timing."""
 
-    conversation: Conversation
     run: CliRun
     events: Iterator[Delta | Thinking | ToolCalled | Silence | Finished]
     timing: RequestTiming
@@ -138,7 +137,7 @@ def start_answer(conversation: Conversation) -> Answering:
     except BaseException:
         run.close()
         raise
-    return Answering(conversation, run, events, timing)
+    return Answering(run, events, timing)
 
 
 def collect(answering: Answering) -> Collected | None:

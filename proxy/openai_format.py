@@ -21,8 +21,8 @@ def to_tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
 
 
 def usage_from_stats(stats: dict[str, Any] | None) -> dict[str, int] | None:
-    """The CLI's real token counts (`result` event stats) as the gateway's usage: OpenAI's
-    names, plus `reasoning_tokens` when the thoughts' count is known."""
+    """The CLI's real token counts (`result` event stats) as the gateway's usage, in OpenAI's
+    names (no `reasoning_tokens`: neither interface reports the thoughts' count as such)."""
     if not stats:
         return None
     prompt = int(stats.get("input_tokens") or 0)
