@@ -70,14 +70,14 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     """A worker leaving (restart, graceful timeout passed): kill the CLI runs it still owns."""
-    from proxy.cli_run import close_all_runs
+    from proxy.cli.process import close_all_runs
 
     closed = close_all_runs()
     if closed:
         server.log.warning("worker %s exiting: killed %d gemini run(s) still in flight", worker.pid, closed)
 
 
-# --- Prometheus multiprocess mode (proxy/metrics.py) ---
+# --- Prometheus multiprocess mode (proxy/service/metrics.py) ---
 # Every worker writes its metrics to files in PROMETHEUS_MULTIPROC_DIR, and /metrics sums
 # them. If the variable is unset, the master makes a private temp dir (removed at exit).
 # It is set in on_starting, in the master, so that every worker inherits it.
@@ -112,7 +112,7 @@ def on_exit(server):
 
 def _reap_runs(should_reap, kill=True):
     """Kill the process groups of (if `kill`), and remove, the run dirs whose owner matches
-    (stdlib only: the master never imports the app). Run dirs and `owner`: proxy/cli_run.py."""
+    (stdlib only: the master never imports the app). Run dirs and `owner`: proxy/cli/process.py."""
     run_dir = _env("PROXY_RUN_DIR", tempfile.gettempdir())
     reaped = 0
     for owner_file in glob.glob(os.path.join(run_dir, "gemini-proxy-*", "owner")):

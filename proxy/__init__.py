@@ -12,11 +12,12 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from . import auth, chat, errors, health, messages, metrics, models, responses
+from .api import chat, messages, models, responses
+from .cli.pool import WarmPool
 from .config import finish_settings, load_settings
-from .limits import RunLimiter
-from .pool import WarmPool
-from .timing import RequestTiming
+from .service import auth, errors, health, metrics
+from .service.limits import RunLimiter
+from .service.timing import RequestTiming
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # The views that answer through a CLI run: each gets a RequestTiming and the request log line.

@@ -129,14 +129,14 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "PROXY_QUEUE_TIMEOUT": (30.0, _positive_float),
     "PROXY_RUN_MEMORY_MB": (250, _non_negative_int),
     "WORKERS": (2, _non_negative_int),
-    # Warm pool (proxy/pool.py): the least a key in use keeps warm (0 = pool off); how many keys;
+    # Warm pool (proxy/cli/pool.py): the least a key in use keeps warm (0 = pool off); how many keys;
     # the most warm processes per worker (bursts are sized from traffic up to this); how long a
     # warm process may wait before it is replaced, and a key stays warm without requests.
     "PROXY_POOL_SIZE": (1, _non_negative_int),
     "PROXY_POOL_KEYS": (4, _non_negative_int),
     "PROXY_POOL_MAX": (8, _non_negative_int),
     "PROXY_POOL_MAX_IDLE": (300.0, _positive_float),
-    # Client access (proxy/auth.py): keys for `Authorization: Bearer <key>`.
+    # Client access (proxy/service/auth.py): keys for `Authorization: Bearer <key>`.
     "PROXY_API_KEYS": ((), _key_list),
     "PROXY_API_KEYS_FILE": (None, str),
     "PROXY_METRICS_OPEN": (False, _bool),

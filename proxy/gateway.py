@@ -22,8 +22,8 @@ from typing import Protocol
 
 from flask import Response, current_app, g, jsonify, request
 
-from .acp import read_acp_answer
-from .answer import (
+from .cli.acp import read_acp_answer
+from .cli.answer import (
     CLI_ADDED_ARGUMENT,
     AnswerShape,
     ClientGone,
@@ -35,13 +35,13 @@ from .answer import (
     ToolCalled,
     read_answer,
 )
-from .cli_run import CliRun
+from .cli.process import CliRun
+from .cli.prompt import MAX_PROMPT_BYTES, build_prompt
+from .cli.runs import start_run
+from .cli.spec import RunSpec
 from .conversation import Conversation, ToolCall
-from .errors import ApiError
-from .prompt import MAX_PROMPT_BYTES, build_prompt
-from .run_spec import RunSpec
-from .runs import start_run
-from .timing import RequestTiming
+from .service.errors import ApiError
+from .service.timing import RequestTiming
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from proxy.cli_home import LOGIN_HELP
+from proxy.cli.home import LOGIN_HELP
 from tests.conftest import records
 from tests.proxy_server import ProxyServer, group_alive, open_chat_stream, wait_until
 from tests.test_cli_failures import ask, log_fields

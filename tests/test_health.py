@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from proxy import create_app, health
+from proxy import create_app
+from proxy.service import health
 from tests.proxy_server import FAKE_GEMINI, api_key_config
 
 

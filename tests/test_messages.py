@@ -14,12 +14,12 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.answer import Delta, Finished, Thinking, ToolCalled
+from proxy.api.messages import MessageEncoder
+from proxy.api.messages_request import MessagesRequest
+from proxy.cli.answer import Delta, Finished, Thinking, ToolCalled
 from proxy.config import DEFAULT_MODEL_ALIASES, DEFAULT_MODELS, parse_model_aliases
 from proxy.conversation import ToolCall
-from proxy.errors import ApiError
-from proxy.messages import MessageEncoder
-from proxy.messages_request import MessagesRequest
+from proxy.service.errors import ApiError
 from tests.mock_gemini_api import calls_then_text, contents_text, declared_tools
 from tests.proxy_server import REAL_GEMINI, ProxyServer
 from tests.test_real_cli import last_body, prompt_text

@@ -1,4 +1,4 @@
-"""The warm pool (proxy/pool.py), end to end: openai SDK -> gunicorn/gevent -> proxy -> warm or
+"""The warm pool (proxy/cli/pool.py), end to end: openai SDK -> gunicorn/gevent -> proxy -> warm or
 cold `gemini` -> loopback mock API. Hits and misses are read from the pool's Prometheus
 metrics in the server's PROMETHEUS_MULTIPROC_DIR; CLI processes are found through /proc by
 their cwd inside the server's run dir."""

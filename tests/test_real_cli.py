@@ -128,7 +128,7 @@ def test_system_prompt_and_history_reach_the_model(real_oai, mock):
     assert len(mock.generate_requests()[-1].body) < 2048
 
 
-# A request with a client tool runs headless, one without over ACP (proxy/acp.py): both are tested.
+# A request with a client tool runs headless, one without over ACP (proxy/cli/acp.py): both are tested.
 DUMMY_TOOL = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}
 INTERFACES = {"acp": {}, "headless": {"tools": [DUMMY_TOOL]}}
 

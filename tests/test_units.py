@@ -8,11 +8,11 @@ import os
 import pytest
 
 from proxy import create_app
-from proxy.chat_request import ChatRequest
-from proxy.cli_errors import retry_after_seconds
-from proxy.cli_home import READ_ONLY_TOOLS, cli_settings, find_user_auth, write_cli_home
+from proxy.api.chat_request import ChatRequest
+from proxy.cli.failures import retry_after_seconds
+from proxy.cli.home import READ_ONLY_TOOLS, cli_settings, find_user_auth, write_cli_home
+from proxy.cli.prompt import build_prompt
 from proxy.config import DEFAULT_MODELS, load_settings, parse_model_table
-from proxy.prompt import build_prompt
 
 
 def test_model_table_can_be_replaced_and_extended(tmp_path):
@@ -138,7 +138,7 @@ def test_retry_after_from_cli_messages(message, seconds):
 
 
 def test_run_dirs_are_private(tmp_path):
-    from proxy.cli_run import CliRun
+    from proxy.cli.process import CliRun
 
     run = CliRun(str(tmp_path))
     try:

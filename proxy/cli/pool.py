@@ -3,7 +3,7 @@
 The CLI spends ~1 s initialising before it can take a prompt; a process started early answers
 ~30-70 ms after it is given one. What a process fixes at start-up is its key,
 a RunSpec: model, system prompt, settings and tools (headless runs, requests with client tools),
-or model, system prompt and settings (ACP runs, requests without; proxy/acp.py). An ACP
+or model, system prompt and settings (ACP runs, requests without; proxy/cli/acp.py). An ACP
 process has opened its session for its key ahead of the request, so a request of that key
 starts at the prompt; a request of another ACP key can still take it (opening a session of
 its own, ~40 ms more) before it is served cold. Keys are learned from traffic, the
@@ -37,11 +37,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cli_run
-from .cli_home import find_user_auth
-from .cli_run import CliRun
-from .limits import RunLimiter
-from .run_spec import RunSpec
+from ..service.limits import RunLimiter
+from . import process
+from .home import find_user_auth
+from .process import CliRun
+from .spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class WarmPool:
         self._thread: threading.Thread | None = None
         self._closed = False
         limiter.reclaimers.append(self.reclaim)
-        cli_run.before_close_all.append(self.close)
+        process.before_close_all.append(self.close)
 
     # -- the request side ---------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class WarmPool:
             self._sweep(key, traffic.idle, now)
             found = self._pick(traffic.idle)
             if found is None and key.interface == "acp":
-                # Any ACP process can serve the request: it opens a session for it (proxy/acp.py).
+                # Any ACP process can serve the request: it opens a session for it (proxy/cli/acp.py).
                 # The least recently requested keys give first.
                 for other, other_traffic in self._keys.items():
                     if other != key and other.interface == "acp":
@@ -240,7 +240,7 @@ class WarmPool:
         except ValueError:
             pass
         try:
-            cli_run.before_close_all.remove(self.close)
+            process.before_close_all.remove(self.close)
         except ValueError:
             pass
 

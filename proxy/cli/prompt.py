@@ -15,7 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
-from .conversation import Conversation, Image, Message, ToolCall, ToolResult
+from ..conversation import Conversation, Image, Message, ToolCall, ToolResult
 
 # The CLI reads at most 8 MB of stdin and silently drops the rest.
 MAX_PROMPT_BYTES = 8 * 1024 * 1024

@@ -9,7 +9,7 @@ Why two ways to drive the CLI (measured, shared/gemini-cli-agents.md and the REA
 - ACP runs a turn's tool calls one at a time, announcing the next only once the last has an
   answer, so the calls of a parallel turn cannot all be returned without the CLI sending
   results on to the API. Requests with client tools therefore run headless, where every call
-  of the turn is printed before any runs (proxy/answer.py).
+  of the turn is printed before any runs (proxy/cli/answer.py).
 
 Each ACP run opens its session ahead: `session/new` and `session/set_model` go out the moment
 `initialize` is answered (`ahead_session`), for the spec the run was started with, so a warm
@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..service.errors import ApiError
 from .answer import (
     AnswerShape,
     ClientGone,
@@ -42,9 +43,8 @@ from .answer import (
     deadline_error,
     run_events,
 )
-from .cli_errors import classify_failure
-from .cli_run import EOF, CliRun
-from .errors import ApiError
+from .failures import classify_failure
+from .process import EOF, CliRun
 from .prompt import Prompt
 
 AHEAD_NEW = 1  # JSON-RPC id of the session opened ahead

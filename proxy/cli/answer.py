@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .cli_errors import classify_failure
-from .cli_run import EOF, TOOL_CALLED, CliRun
-from .conversation import ToolCall
-from .errors import ApiError, no_retry_headers
-from .openai_format import json_text, usage_from_stats
+from ..api.openai_format import json_text, usage_from_stats
+from ..conversation import ToolCall
+from ..service.errors import ApiError, no_retry_headers
+from .failures import classify_failure
+from .process import EOF, TOOL_CALLED, CliRun
 
 # After the first tool call reaches the MCP server: stdout is drained until it has been quiet
 # this long with nothing left in the pipe, and for no longer than SETTLE_MAX.

@@ -19,10 +19,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify
 
-from .answer import Delta, Finished, Thinking, ToolCalled
-from .conversation import ToolCall
-from .errors import ApiError
-from .gateway import Collected, collect, json_body, reply, start_answer, stream
+from ..cli.answer import Delta, Finished, Thinking, ToolCalled
+from ..conversation import ToolCall
+from ..gateway import Collected, collect, json_body, reply, start_answer, stream
+from ..service.errors import ApiError
 from .messages_request import MessagesRequest
 from .sse import sse_event
 

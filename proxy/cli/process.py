@@ -5,7 +5,7 @@ A run owns a private temp dir (mode 0700) holding the CLI's cwd (`work/`), its C
 process group (a new session), so that killing it reaches every process the CLI started;
 and a reader that turns stdout lines into events. It is driven in one of two ways: headless
 (`-o stream-json`: the prompt on stdin, then EOF; events are stream-json) or ACP (`--acp`:
-JSON-RPC messages on stdin, `send()`; events are the agent's messages, proxy/acp.py).
+JSON-RPC messages on stdin, `send()`; events are the agent's messages, proxy/cli/acp.py).
 `close()` kills the group (TERM, then
 KILL after a grace period), reaps the process and removes the dir; it is idempotent and
 never raises, so it can run from a generator's `finally` and `call_on_close` alike.
@@ -121,7 +121,7 @@ class CliRun:
         self.initialized = threading.Event()  # ACP: the CLI answered `initialize`
         self.acp_capabilities: dict[str, Any] = {}
         # ACP: requests sent the moment `initialize` is answered (a session opened ahead of the
-        # request, proxy/acp.py), their answers by id, and whether all have come (or never will).
+        # request, proxy/cli/acp.py), their answers by id, and whether all have come (or never will).
         self.ahead: list[dict[str, Any]] = []
         self.ahead_answers: dict[Any, dict[str, Any]] = {}
         self.ahead_done = threading.Event()
@@ -143,7 +143,7 @@ class CliRun:
               environ: Mapping[str, str] | None = None, acp: bool = False,
               ahead: list[dict[str, Any]] = ()) -> None:
         """Start the CLI for one model and system prompt; it then waits for `feed()` (headless)
-        or for a session (ACP: `initialize` is sent at once, then `ahead`; see proxy/acp.py)."""
+        or for a session (ACP: `initialize` is sent at once, then `ahead`; see proxy/cli/acp.py)."""
         self.system_file.write_text(system_text, encoding="utf-8")
         self.acp = acp
         self.ahead = list(ahead)
@@ -186,7 +186,7 @@ class CliRun:
                                                              "terminal": False}}})
 
     def listen_for_tool_calls(self, path: Path) -> None:
-        """Accept the reports of this run's MCP tool server (proxy/mcp_tool_server.py): each
+        """Accept the reports of this run's MCP tool server (proxy/cli/mcp_tool_server.py): each
         call the model makes arrives as one JSON line and is queued as a `tool_called` event.
         The socket lives in the run dir (mode 0700): only this user's processes reach it."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .conversation import Conversation, Tool
+from ..conversation import Conversation, Tool
 
 # The MCP server that presents the client's tools. The CLI names MCP tools
 # `mcp_<server>_<tool>` and shortens names over 63 characters: a short server name keeps
@@ -50,12 +50,12 @@ class RunSpec:
     system_text: str
     model_configs: str = ""  # settings.json `modelConfigs`: generation settings
     tools: str = ""  # the MCP tool declarations [{name, description, inputSchema}]
-    interface: str = "headless"  # or "acp" (proxy/acp.py): how the CLI is driven
+    interface: str = "headless"  # or "acp" (proxy/cli/acp.py): how the CLI is driven
 
     @staticmethod
     def interface_for(conversation: Conversation, setting: str) -> str:
         """ACP where it is strongest (thoughts; one warm process fits any request), headless
-        for client tools (every call of a parallel turn comes back; see proxy/acp.py)."""
+        for client tools (every call of a parallel turn comes back; see proxy/cli/acp.py)."""
         return "acp" if setting == "auto" and not conversation.offered_tools else "headless"
 
     @classmethod

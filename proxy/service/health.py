@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from .cli_run import cli_environment
+from ..cli.process import cli_environment
 
 bp = Blueprint("health", __name__)
 
@@ -76,7 +76,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    from .cli_home import find_user_auth
+    from ..cli.home import find_user_auth
 
     config = current_app.config
     missing = []

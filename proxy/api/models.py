@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from .errors import ApiError
+from ..service.errors import ApiError
 
 bp = Blueprint("models", __name__)
 

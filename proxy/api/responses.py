@@ -15,10 +15,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app
 
-from .answer import Delta, Finished, Thinking, ToolCalled
-from .conversation import ToolCall
-from .errors import ApiError
-from .gateway import collect, json_body, reply, start_answer, stream
+from ..cli.answer import Delta, Finished, Thinking, ToolCalled
+from ..conversation import ToolCall
+from ..gateway import collect, json_body, reply, start_answer, stream
+from ..service.errors import ApiError
 from .responses_request import STATELESS, ResponsesRequest
 from .sse import HEARTBEAT, sse_event
 

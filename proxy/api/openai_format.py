@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .conversation import ToolCall
+from ..conversation import ToolCall
 
 
 def json_text(value: Any) -> str:

@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..conversation import Conversation, Message, Part, Tool, ToolCall, ToolResult
+from ..generation import REASONING_EFFORTS, Generation
+from ..service.errors import ApiError
 from . import checks
 from .checks import MAX_STOP_SEQUENCES, bad, image_from_url, int32, number, optional, pair_tool_results
-from .conversation import Conversation, Message, Part, Tool, ToolCall, ToolResult
-from .errors import ApiError
-from .generation import REASONING_EFFORTS, Generation
 
 ROLES = {"user", "assistant", "system", "developer"}
 STATELESS = ("This gateway keeps no state between requests: send the whole conversation in `input` "

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app
 
-from .answer import Delta, Finished, Thinking, ToolCalled
+from ..cli.answer import Delta, Finished, Thinking, ToolCalled
+from ..gateway import collect, json_body, reply, start_answer, stream
+from ..service.errors import ApiError
 from .chat_request import ChatRequest
-from .errors import ApiError
-from .gateway import collect, json_body, reply, start_answer, stream
 from .openai_format import to_chunk, to_completion, to_tool_call, to_usage_chunk
 from .sse import DONE, HEARTBEAT, sse_data
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from flask import current_app
 
+from ..service.errors import ApiError, no_retry_headers
+from ..service.limits import Slot
 from .acp import ahead_session, prepare_session
-from .cli_home import UserAuth, cli_settings, find_user_auth, write_cli_home
-from .cli_run import CliRun
-from .errors import ApiError, no_retry_headers
-from .limits import Slot
+from .home import UserAuth, cli_settings, find_user_auth, write_cli_home
+from .process import CliRun
 from .prompt import Prompt
-from .run_spec import TOOL_SOCKET, TOOLS_FILE, RunSpec
+from .spec import TOOL_SOCKET, TOOLS_FILE, RunSpec
 
 
 def start_run(spec: RunSpec, prompt: Prompt) -> CliRun:
@@ -48,7 +48,7 @@ def start_run(spec: RunSpec, prompt: Prompt) -> CliRun:
     try:
         if run.acp:
             # Its session opened ahead, if the run was started for this spec; else a new one
-            # that reads the request's own settings and system prompt (proxy/acp.py).
+            # that reads the request's own settings and system prompt (proxy/cli/acp.py).
             prepare_session(run, spec, run_settings(config, auth, spec, run.dir), prompt.system_text)
         else:
             run.feed(prompt.text, prompt.images)

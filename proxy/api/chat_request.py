@@ -13,6 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..conversation import Conversation, Message, Part, Tool, ToolCall, ToolResult
+from ..generation import REASONING_EFFORTS, Generation
+from ..service.errors import ApiError
 from . import checks
 from .checks import (
     MAX_STOP_SEQUENCES,
@@ -25,9 +28,6 @@ from .checks import (
     pair_tool_results,
     tool,
 )
-from .conversation import Conversation, Message, Part, Tool, ToolCall, ToolResult
-from .errors import ApiError
-from .generation import REASONING_EFFORTS, Generation
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import re
 
-from .cli_home import LOGIN_HELP
-from .errors import ApiError, no_retry_headers
+from ..service.errors import ApiError, no_retry_headers
+from .home import LOGIN_HELP
 
 # API errors in stream-json mode exit with the HTTP status & 0xFF.
 _API_EXIT = {144: 400, 145: 401, 147: 403, 148: 404, 173: 429, 244: 500, 246: 502, 247: 503, 248: 504}

@@ -21,11 +21,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..conversation import Conversation, Image, Message, Part, Tool, ToolCall, ToolResult
+from ..generation import Generation
+from ..service.errors import ApiError
 from . import checks
 from .checks import MAX_STOP_SEQUENCES, bad, number, optional, pair_tool_results
-from .conversation import Conversation, Image, Message, Part, Tool, ToolCall, ToolResult
-from .errors import ApiError
-from .generation import Generation
 from .openai_format import json_text
 
 # Accepted and ignored: they change nothing the client gets back (JSON null allowed for all).

@@ -12,8 +12,8 @@ import fnmatch
 import re
 from typing import Any
 
-from .conversation import Image, Message, Tool, ToolCall
-from .errors import ApiError
+from ..conversation import Image, Message, Tool, ToolCall
+from ..service.errors import ApiError
 
 NUMBER = (int, float)
 # Image types the CLI turns into inlineData parts, by the extension it infers them from.

@@ -1,0 +1,1 @@
+"""The API front-ends: one request parser and one wire encoder per API."""

@@ -1,0 +1,1 @@
+"""Everything about the gemini CLI: its settings, processes, drivers, pool and prompt."""

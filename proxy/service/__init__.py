@@ -1,0 +1,1 @@
+"""The service around the run path: auth, limits, health, metrics, timing, errors."""
