@@ -70,9 +70,9 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     """A worker leaving (restart, graceful timeout passed): kill the CLI runs it still owns."""
-    from proxy.cli.process import close_all_runs
+    from proxy.cli.process import close_all
 
-    closed = close_all_runs()
+    closed = close_all()
     if closed:
         server.log.warning("worker %s exiting: killed %d gemini run(s) still in flight", worker.pid, closed)
 

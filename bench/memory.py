@@ -1,8 +1,8 @@
 """Idle memory: the gunicorn master plus one gevent worker, and one warm real gemini CLI.
 
 RSS (and PSS, which splits shared pages among the processes sharing them) read from /proc.
-The warm CLI is the pool's process for one key, summed over its process group, measured once
-it has finished starting.
+The warm CLI is the pool's process (it served one request and stays for the next ones),
+summed over its process group, measured once it has settled.
 
     python bench/memory.py
 """
@@ -32,7 +32,8 @@ from tests.proxy_server import ProxyServer
 def run(settle: float = 4.0) -> dict:
     need_real_cli()
     with MockGeminiApi() as api, ProxyServer({"GEMINI_BIN": str(REAL_GEMINI), "GOOGLE_GEMINI_BASE_URL": api.base_url,
-                                              "PROXY_POOL_SIZE": "1"}, workers=1) as server:
+                                              "PROXY_POOL_SIZE": "1", "PROXY_CLI_INTERFACE": "auto"},
+                                             workers=1) as server:
         master = server.proc.pid
         worker = worker_pid(master)
         time.sleep(1.0)

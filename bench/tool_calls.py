@@ -1,12 +1,13 @@
 """Time to the first tool-call chunk, cold (pool off) vs warm (pool on): the real gemini CLI
 against the loopback mock API (scripted to call the request's tool), through gunicorn (one
-gevent worker). Requests with client tools run headless with the run's MCP tool server, so
-the MCP server's start-up is on the cold path; a warm process has it running already.
+gevent worker). A request with client tools is an ACP session with its own MCP tool server:
+cold, the process starts first; warm, the same spec repeating, a session opened ahead of it
+(its MCP server running) takes it.
 
-12 sequential streamed requests per mode, 3 s apart (as between an agent's steps, so that the
-pool's replacement has started), measured at the client from sending the request to the first
-`delta.tool_calls` chunk; plus the time to the end of the reply (`finish_reason: tool_calls`,
-the run ended there).
+12 sequential streamed requests per mode, 3 s apart (as between a user's steps), measured at
+the client from sending the request to the first `delta.tool_calls` chunk; plus the time to
+the end of the reply (`finish_reason: tool_calls`). bench/warm_traffic.py has the agent loop
+with no pauses.
 
     python bench/tool_calls.py [-n 12] [--gap 3]
 """

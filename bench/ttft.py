@@ -2,10 +2,9 @@
 loopback mock API, through gunicorn (one gevent worker).
 
 20 sequential streamed requests per mode, measured at the client (plain HTTP) from sending
-the request to the first content chunk. Warm requests are paced `--gap` seconds apart, so
-that the replacement the pool starts after each hit has finished its ~1-1.5 s start-up (as
-between the turns of a chat); cold ones 0.5 s apart. A short extra series without gaps shows
-what a hit on a still-starting process costs.
+the request to the first content chunk. Warm requests are paced `--gap` seconds apart (as
+between the turns of a chat), each a new session on the pool's process; cold ones (a process
+of their own) 0.5 s apart. A short extra series without gaps shows back-to-back requests.
 
     python bench/ttft.py [-n 20] [--gap 3]
 """
@@ -67,7 +66,7 @@ def run(n: int = 20, gap: float = 3.0, burst: int = 5) -> dict:
         print(f"{mode} (PROXY_POOL_SIZE={pool}): median {summary[mode + '_median_ms']:7.1f} ms   "
               f"p90 {summary[mode + '_p90_ms']:7.1f} ms")
     print(f"ratio cold/warm (medians): {summary['ratio']:.1f}x")
-    print(f"warm, {burst} back-to-back requests (replacement still starting): median "
+    print(f"warm, {burst} back-to-back requests: median "
           f"{summary['warm_no_gap_median_ms']:.1f} ms")
     print("cold ms:", " ".join(f"{v:.0f}" for v in cold))
     print("warm ms:", " ".join(f"{v:.0f}" for v in warm))

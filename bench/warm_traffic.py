@@ -1,22 +1,28 @@
-"""Warm for every request: realistic traffic, the real gemini CLI against the loopback mock API,
-through gunicorn (one gevent worker), with the warm pool (defaults) and, side by side in the
-same run, without it (cold spawns).
+"""Warm answers for real traffic: the real gemini CLI against the loopback mock API, through
+gunicorn (one gevent worker), with the pool's defaults (PROXY_ISOLATION=session: a process
+serves many requests, each in a fresh session) and, side by side in the same run,
+PROXY_ISOLATION=process (a warm process of its own for each request).
 
 Scenarios (time to first token measured at the client; non-streamed replies count when the
 whole body arrives, which is when such a client sees its first token):
 - back_to_back: one client, 10 streamed requests, each sent as soon as the previous ends.
-  Twice: the first burst is the pool's first sight of this traffic, the second (after a 5 s
-  pause, as between an agent's bursts) what a client doing this regularly gets.
+  Twice: the first burst is the pool's first sight of this traffic, the second (5 s later)
+  what a client doing this regularly gets.
 - clients: 4 clients, each with its own system prompt, 2 models, 60 streamed requests sent at
   random 0.3-1.5 s intervals (seeded), each client choosing at random.
 - openwebui: Open WebUI's pattern, 5 rounds: a streamed chat answer, then at once its title,
   tags and follow-up requests (non-streamed, max_tokens 1000, Open WebUI's task prompts).
-- overhead: on warm requests, client-side first token minus the CLI's own time from being handed
+- agent: an agent loop, 10 consecutive tool turns with the same tools and system prompt, each
+  sent as soon as the last one's stream ends (the conversation growing by a call and its result
+  each turn): time to the first tool-call chunk.
+- burst: 100 concurrent tool-less streams: all intact? How many CLI processes served them
+  (the log lines' `cli_pid`) and their total PSS right after.
+- overhead: on warm hits, client-side first token minus the CLI's own time from being handed
   the request to its first text (`cli_ttft_ms` in the server's request log).
-- idle: warm processes and their memory after each scenario, and after PROXY_POOL_MAX_IDLE
-  without requests (set to 20 s here).
+- idle: processes and their memory after the scenarios, and after PROXY_POOL_MAX_IDLE without
+  requests (set to 20 s here).
 
-    python bench/warm_traffic.py [--skip-cold]
+    python bench/warm_traffic.py [--only session|process]
 """
 
 from __future__ import annotations
@@ -30,10 +36,10 @@ import secrets
 import threading
 import time
 
-from _common import REAL_GEMINI, descendants, header, median, need_real_cli, pct, pss_kb, wait_for, worker_pid
+from _common import descendants, header, median, need_real_cli, pct, pss_kb, wait_for, worker_pid
 
-from tests.mock_gemini_api import MockGeminiApi
-from tests.proxy_server import ProxyServer
+from tests.mock_gemini_api import MockGeminiApi, contents_text, declared_tools, function_call, model_turn
+from tests.proxy_server import REAL_GEMINI, ProxyServer
 
 CHAT_SYSTEM = "You are a helpful assistant. Answer in the user's language."
 TITLE = ("### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history.\n"
@@ -47,11 +53,25 @@ FOLLOW_UPS = ("### Task:\nSuggest 3-5 relevant follow-up questions or prompts th
               "in this conversation as a **user**, based on the chat history.\n### Output:\nJSON format: "
               "{ \"follow_ups\": [\"Question 1?\", \"Question 2?\"] }\n### Chat History:\n<chat_history>\n{h}\n"
               "</chat_history>")
+AGENT_SYSTEM = "You are a coding agent. Use the tools to inspect the project before you answer."
+AGENT_TOOLS = [{"type": "function", "function": {
+    "name": name, "description": f"{name} in the project.",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}
+    for name in ("read_file", "list_directory", "grep")]
 _LINE_ID = re.compile(r" id=(\S+) ")
 
 
-def request(port: int, body: dict, stream: bool) -> tuple[str, float]:
-    """(request id, seconds to the first content: streamed, the first chunk; else the whole body)."""
+def agent_script(body: dict) -> list[dict] | None:
+    """The model calls read_file on every turn of the agent loop."""
+    if any(d["name"] == "mcp_fn_read_file" for d in declared_tools(body)):
+        step = contents_text(body).count("result of call")
+        return model_turn([function_call("mcp_fn_read_file", {"path": f"src/file{step}.py"})])
+    return None
+
+
+def request(port: int, body: dict, stream: bool, marker: bytes = b'"content":"') -> tuple[str, float]:
+    """(request id, seconds to the first content: streamed, the first chunk holding `marker`; else
+    the whole body)."""
     request_id = f"bench-{secrets.token_hex(6)}"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
@@ -66,12 +86,35 @@ def request(port: int, body: dict, stream: bool) -> tuple[str, float]:
             if not data["choices"][0]["message"]["content"]:
                 raise RuntimeError("empty answer")
             return request_id, time.perf_counter() - started
+        first = None
         while True:
             line = response.readline()
             if not line:
-                raise RuntimeError("stream ended without content")
-            if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
-                return request_id, time.perf_counter() - started
+                raise RuntimeError("stream ended without [DONE]")
+            if first is None and line.startswith(b"data: {") and marker in line and b'"content":""' not in line:
+                first = time.perf_counter() - started
+            if line.strip() == b"data: [DONE]":
+                if first is None:
+                    raise RuntimeError("stream ended without content")
+                return request_id, first
+    finally:
+        conn.close()
+
+
+def intact(port: int, body: dict) -> tuple[str, bool]:
+    """(request id, whether the stream carried the whole answer and ended properly)."""
+    request_id = f"bench-{secrets.token_hex(6)}"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body | {"stream": True}).encode(),
+                     headers={"Content-Type": "application/json", "X-Request-Id": request_id})
+        response = conn.getresponse()
+        text = []
+        for line in response.read().splitlines():
+            if line.startswith(b"data: {"):
+                for choice in json.loads(line[6:]).get("choices", []):
+                    text.append(choice.get("delta", {}).get("content") or "")
+        return request_id, response.status == 200 and "".join(text) == "Hello from the mock!"
     finally:
         conn.close()
 
@@ -140,6 +183,40 @@ def openwebui(port: int, rounds: int = 5) -> list[list[tuple[str, float]]]:
     return out
 
 
+def agent_loop(port: int, turns: int = 10) -> list[tuple[str, float]]:
+    """An agent's consecutive tool turns: each request carries the whole conversation so far."""
+    messages: list[dict] = [{"role": "system", "content": AGENT_SYSTEM},
+                            {"role": "user", "content": f"Find the bug in the project ({secrets.token_hex(3)})."}]
+    out = []
+    for turn in range(turns):
+        body = {"model": "gemini-cli", "messages": messages, "tools": AGENT_TOOLS}
+        request_id, seconds = request(port, body, stream=True, marker=b'"tool_calls":[')
+        out.append((request_id, seconds))
+        call_id = f"call_{turn}"
+        messages = messages + [
+            {"role": "assistant", "tool_calls": [{"id": call_id, "type": "function", "function": {
+                "name": "read_file", "arguments": json.dumps({"path": f"src/file{turn}.py"})}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": f"def f{turn}():\n    return {turn}\n"}]
+    return out
+
+
+def burst(server: ProxyServer, n: int = 100) -> dict:
+    results: list[tuple[str, bool]] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(intact(server.port, chat_body(None, f"Burst {i}."))))
+               for i in range(n)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    wall = time.perf_counter() - started
+    mb = warm_mb(server)
+    fields = log_fields(server)
+    pids = {fields.get(request_id, {}).get("cli_pid") for request_id, _ in results}
+    return {"ok": sum(1 for _, ok in results if ok), "n": n, "wall_s": wall, "processes": len(pids - {None, "-"}),
+            "pss_mb": mb}
+
+
 def pool_state(server: ProxyServer) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
@@ -150,7 +227,7 @@ def pool_state(server: ProxyServer) -> dict:
 
 
 def warm_mb(server: ProxyServer) -> float:
-    """PSS of every gemini process under the worker (none is running a request when called)."""
+    """PSS of every process under the worker (the gemini CLIs and their MCP tool servers)."""
     worker = worker_pid(server.proc.pid)
     return sum(pss_kb(p) for p in descendants(worker)) / 1024
 
@@ -159,18 +236,19 @@ def ms(values: list[float]) -> str:
     return f"median {median(values):.0f} ms, p90 {pct(values, 90):.0f} ms, max {max(values):.0f} ms"
 
 
-def run(skip_cold: bool = False) -> dict:
+def run(only: str | None = None) -> dict:
     need_real_cli()
     summary: dict = {}
-    modes = [("warm", {})] + ([] if skip_cold else [("cold", {"PROXY_POOL_SIZE": "0"})])
+    modes = [m for m in ("session", "process") if only in (None, m)]
     with MockGeminiApi() as api:
-        for mode, env in modes:
+        api.configure(script=agent_script)
+        for mode in modes:
             server = ProxyServer({"GEMINI_BIN": str(REAL_GEMINI), "GOOGLE_GEMINI_BASE_URL": api.base_url,
                                   "PROXY_CLI_INTERFACE": "auto", "PROXY_POOL_SIZE": "1", "PROXY_POOL_MAX_IDLE": "20",
-                                  "PROXY_STATUS_HOLD": "10", **env}, workers=1)
+                                  "PROXY_ISOLATION": mode, "PROXY_STATUS_HOLD": "10"}, workers=1)
             with server:
                 port = server.port
-                request(port, chat_body(None, "warm-up"), stream=True)  # node's file cache; the first spawn
+                request(port, chat_body(None, "warm-up"), stream=True)  # node's file cache; the first start-up
                 time.sleep(3)
                 s: dict = {}
                 first = back_to_back(port)
@@ -186,6 +264,14 @@ def run(skip_cold: bool = False) -> dict:
                 rounds = openwebui(port)
                 s["owui"] = [[t * 1000 for _, t in rnd] for rnd in rounds]
                 s["idle_after_owui"] = (pool_state(server), warm_mb(server))
+                agent_loop(port, 3)  # the agent's system prompt and tools are new here: a first loop
+                time.sleep(3)
+                turns = agent_loop(port)
+                s["agent"] = [t * 1000 for _, t in turns]
+                time.sleep(3)
+                s["burst"] = burst(server)
+                time.sleep(3)
+                s["idle_after_burst"] = (pool_state(server), warm_mb(server))
                 fields = log_fields(server)
                 overheads = []
                 for request_id, seconds in second + many + [x for rnd in rounds for x in rnd[:1]]:
@@ -195,14 +281,15 @@ def run(skip_cold: bool = False) -> dict:
                 s["overhead"] = overheads
                 s["hits"] = sum(1 for f in fields.values() if f.get("pool") == "hit")
                 s["requests"] = len(fields)
-                if mode == "warm":
-                    wait_for(lambda srv=server: pool_state(srv).get("size", 1) == 0, 40, 0.5)
-                    s["idle_after_max_idle"] = (pool_state(server), warm_mb(server))
+                s["processes"] = len({f.get("cli_pid") for f in fields.values()} - {None, "-"})
+                wait_for(lambda srv=server: pool_state(srv).get("processes", 1) == 0, 45, 0.5)
+                s["idle_after_max_idle"] = (pool_state(server), warm_mb(server))
                 summary[mode] = s
-    header("Warm for every request: real CLI + loopback mock, 1 gevent worker, pool defaults "
-           "(PROXY_POOL_SIZE=1, PROXY_POOL_MAX=8), side by side with the pool off")
+    header("Warm answers for real traffic: real CLI + loopback mock, 1 gevent worker, pool defaults "
+           "(PROXY_POOL_SIZE=1, PROXY_POOL_MAX=8), PROXY_ISOLATION=session side by side with =process")
     for mode, s in summary.items():
-        print(f"-- {mode} ({s['hits']} of {s['requests']} requests served by a warm process)")
+        print(f"-- {mode} ({s['hits']} of {s['requests']} requests served by a running process; "
+              f"{s['processes']} CLI processes in all)")
         print(f"  10 back to back, first burst:  {ms(s['b2b_first'])}")
         print(f"  10 back to back, next burst:   {ms(s['b2b'])}   (target p90 <= 150)")
         print(f"  4 clients x own prompt, 2 models, 60 requests: {ms(s['clients'])}   (target median <= 100, "
@@ -211,19 +298,25 @@ def run(skip_cold: bool = False) -> dict:
         print(f"  Open WebUI chat + title/tags/follow-ups, 5 rounds: worst of each round "
               f"{' '.join(f'{w:.0f}' for w in worst)} ms; all {ms([x for r in s['owui'] for x in r])}   "
               "(target all four <= 200)")
+        print(f"  agent loop, 10 tool turns, first tool-call chunk: {ms(s['agent'])}   (target median <= 100, "
+              "p90 <= 200)")
+        b = s["burst"]
+        print(f"  100 concurrent streams: {b['ok']}/{b['n']} intact in {b['wall_s']:.1f} s, {b['processes']} CLI "
+              f"processes, {b['pss_mb']:.0f} MB PSS after")
         if s["overhead"]:
             print(f"  proxy's own cost on warm hits (client TTFT - CLI's own TTFT): median "
                   f"{median(s['overhead']):.1f} ms, p90 {pct(s['overhead'], 90):.1f} ms, n={len(s['overhead'])}   "
                   "(target median <= 5)")
-        for name in ("idle_after_b2b", "idle_after_clients", "idle_after_owui", "idle_after_max_idle"):
+        for name in ("idle_after_b2b", "idle_after_clients", "idle_after_owui", "idle_after_burst",
+                     "idle_after_max_idle"):
             if name in s:
                 state, mb = s[name]
-                print(f"  {name}: {state.get('size', 0)} warm processes ({state.get('ready', 0)} ready), "
-                      f"{state.get('keys', 0)} keys, {mb:.0f} MB PSS, start-up {state.get('startup_s', '-')} s")
+                print(f"  {name}: {state.get('processes', 0)} processes ({state.get('ready', 0)} ready), "
+                      f"{mb:.0f} MB PSS, start-up {state.get('startup_s', '-')} s")
     return summary
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip-cold", action="store_true")
-    run(parser.parse_args().skip_cold)
+    parser.add_argument("--only", choices=("session", "process"))
+    run(parser.parse_args().only)

@@ -10,18 +10,16 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
 from .api import chat, messages, models, responses
-from .cli.pool import WarmPool
+from .cli.pool import ProcessPool
 from .config import finish_settings, load_settings
 from .service import auth, errors, health, metrics
 from .service.limits import RunLimiter
 from .service.timing import RequestTiming
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-# The views that answer through a CLI run: each gets a RequestTiming and the request log line.
-ANSWERING_ENDPOINTS = {"chat.create_chat_completion", "responses.create_response", "messages.create_message"}
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -34,11 +32,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["STARTED_AT"] = int(time.time())
     app.extensions["run_limiter"] = RunLimiter(app.config["PROXY_MAX_CONCURRENT"], app.config["PROXY_QUEUE_SIZE"],
                                                app.config["PROXY_QUEUE_TIMEOUT"])
-    # Per worker; it spawns nothing before the worker's first chat request.
-    app.extensions["warm_pool"] = (
-        WarmPool(app.config, app.extensions["run_limiter"], app.config["PROXY_POOL_SIZE"],
-                 app.config["PROXY_POOL_KEYS"], app.config["PROXY_POOL_MAX_IDLE"], app.config["PROXY_POOL_MAX"])
-        if app.config["PROXY_POOL_SIZE"] and app.config["PROXY_POOL_KEYS"] else None)
+    # Per worker; it starts nothing before the worker's first request.
+    app.extensions["process_pool"] = ProcessPool(app.config, app.extensions["run_limiter"])
     configure_request_log()
 
     app.register_blueprint(errors.bp)
@@ -69,7 +64,9 @@ def start_request() -> None:
     incoming = request.headers.get("X-Request-Id", "")
     g.request_id = incoming if _REQUEST_ID.match(incoming) else f"req-{secrets.token_hex(8)}"
     g.started_monotonic = time.monotonic()
-    if request.endpoint in ANSWERING_ENDPOINTS:
+    # The views that answer through the gateway (`@gateway.answering`) get the request's timing: its
+    # log line and metrics, also for a request refused before its run starts.
+    if getattr(current_app.view_functions.get(request.endpoint), "answers_through_gateway", False):
         g.timing = RequestTiming(g.request_id)
 
 

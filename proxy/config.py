@@ -48,30 +48,34 @@ def _positive_float(value: str) -> float:
     return number
 
 
-def _non_negative_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError(f"must be zero or more: {value!r}")
-    return number
+def _int_at_least(low: int):
+    """A parser of whole numbers of at least `low`."""
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < low:
+            raise ValueError(f"must be {low} or more: {value!r}")
+        return number
+    return parse
+
+
+_non_negative_int = _int_at_least(0)
+_positive_int = _int_at_least(1)
+
+
+def _choice(name: str, *choices: str, aliases: Mapping[str, str] | None = None):
+    """A parser of one of `choices` (case-insensitive); `aliases` map other words onto them."""
+    def parse(value: str) -> str:
+        value = value.strip().lower()
+        value = (aliases or {}).get(value, value)
+        if value not in choices:
+            raise ValueError(f"{name} must be one of: {', '.join(choices + tuple(aliases or ()))}")
+        return value
+    return parse
 
 
 def _key_list(value: str) -> tuple[str, ...]:
     """`PROXY_API_KEYS`: comma-separated client keys (blanks ignored)."""
     return tuple(key.strip() for key in value.split(",") if key.strip())
-
-
-def _interface(value: str) -> str:
-    value = value.strip().lower()
-    if value not in {"auto", "headless"}:
-        raise ValueError("PROXY_CLI_INTERFACE must be 'auto' or 'headless'")
-    return value
-
-
-def _tools(value: str) -> str:
-    value = value.strip().lower()
-    if value not in {"none", "read-only"}:
-        raise ValueError("PROXY_TOOLS must be 'none' or 'read-only'")
-    return value
 
 
 def parse_model_table(value: str) -> dict[str, str]:
@@ -119,23 +123,29 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "PROXY_GEMINI_CONFIG": ("~/.gemini", str),
     "PROXY_RUN_DIR": (None, str),
     "PROXY_CLI_MAX_ATTEMPTS": (1, _non_negative_int),
-    "PROXY_TOOLS": ("none", _tools),
-    # How the CLI is driven: `auto` = ACP for requests without client tools (thoughts, one warm
-    # pool for every such request), headless for those with tools; `headless` = always headless.
-    "PROXY_CLI_INTERFACE": ("auto", _interface),
+    "PROXY_TOOLS": ("none", _choice("PROXY_TOOLS", "none", "read-only")),
+    # How the CLI is driven: `acp` (or `auto`): every request is an ACP session, on a process that
+    # serves many (thoughts, tools, warm answers); `headless`: a headless process per request.
+    "PROXY_CLI_INTERFACE": ("acp", _choice("PROXY_CLI_INTERFACE", "acp", "headless", aliases={"auto": "acp"})),
     "PROXY_STATUS_HOLD": (5.0, _positive_float),
     "PROXY_MAX_CONCURRENT": (None, _non_negative_int),
     "PROXY_QUEUE_SIZE": (16, _non_negative_int),
     "PROXY_QUEUE_TIMEOUT": (30.0, _positive_float),
     "PROXY_RUN_MEMORY_MB": (250, _non_negative_int),
     "WORKERS": (2, _non_negative_int),
-    # Warm pool (proxy/cli/pool.py): the least a key in use keeps warm (0 = pool off); how many keys;
-    # the most warm processes per worker (bursts are sized from traffic up to this); how long a
-    # warm process may wait before it is replaced, and a key stays warm without requests.
+    # The process pool (proxy/cli/pool.py): the fewest processes a tenant in use keeps (0 = no pool:
+    # a process per request); the most per worker; how long a tenant stays warm without requests.
     "PROXY_POOL_SIZE": (1, _non_negative_int),
-    "PROXY_POOL_KEYS": (4, _non_negative_int),
     "PROXY_POOL_MAX": (8, _non_negative_int),
     "PROXY_POOL_MAX_IDLE": (300.0, _positive_float),
+    # `session`: a process serves many requests, each in a fresh session; `process`: one each.
+    "PROXY_ISOLATION": ("session", _choice("PROXY_ISOLATION", "session", "process")),
+    # A pooled process's limits (session isolation): sessions at once; requests in its life, its age
+    # and its memory growth before it is retired (proxy/cli/acp.py: a session's memory stays).
+    "PROXY_PROCESS_MAX_SESSIONS": (50, _positive_int),
+    "PROXY_PROCESS_MAX_REQUESTS": (100, _positive_int),
+    "PROXY_PROCESS_MAX_AGE": (3600.0, _positive_float),
+    "PROXY_PROCESS_MAX_GROWTH_MB": (512, _positive_int),
     # Client access (proxy/service/auth.py): keys for `Authorization: Bearer <key>`.
     "PROXY_API_KEYS": ((), _key_list),
     "PROXY_API_KEYS_FILE": (None, str),

@@ -25,6 +25,11 @@ class Image:
     data: bytes
 
 
+def json_text(value: Any) -> str:
+    """JSON as the APIs carry tool arguments: a compact string."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 @dataclass
 class ToolCall:
     """A call of a client tool: made by the model (answer) or replayed from history."""

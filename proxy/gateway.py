@@ -22,34 +22,42 @@ from typing import Protocol
 
 from flask import Response, current_app, g, jsonify, request
 
-from .cli.acp import read_acp_answer
-from .cli.answer import (
-    CLI_ADDED_ARGUMENT,
-    AnswerShape,
-    ClientGone,
-    Deadlines,
-    Delta,
-    Finished,
-    Silence,
-    Thinking,
-    ToolCalled,
-    read_answer,
-)
-from .cli.process import CliRun
+from .answer import AnswerEvent, Delta, Finished, Silence, Thinking, ToolCalled
 from .cli.prompt import MAX_PROMPT_BYTES, build_prompt
-from .cli.runs import start_run
-from .cli.spec import RunSpec
+from .cli.runs import Run, start_run
+from .cli.spec import AnswerShape, RunSpec
 from .conversation import Conversation, ToolCall
-from .service.errors import ApiError
+from .service.errors import ApiError, no_retry_headers
 from .service.timing import RequestTiming
+
+
+class ClientGone(Exception):
+    """The client closed its connection; the run is no longer wanted."""
+
+
+@dataclass
+class Deadlines:
+    """Seconds, from the request's start, by which the first output and the end must come."""
+
+    started: float  # time.monotonic() at request start
+    total: float
+    first_token: float
+
+    def remaining(self, got_output: bool) -> tuple[float, str]:
+        now = time.monotonic()
+        total_left = self.started + self.total - now
+        if got_output:
+            return total_left, "request"
+        first_left = self.started + self.first_token - now
+        return (first_left, "first-token") if first_left < total_left else (total_left, "request")
 
 
 @dataclass
 class Answering:
     """A request's run and the events of its answer, with the request's timing."""
 
-    run: CliRun
-    events: Iterator[Delta | Thinking | ToolCalled | Silence | Finished]
+    run: Run
+    events: Iterator[AnswerEvent | Silence]
     timing: RequestTiming
 
     def token(self) -> None:
@@ -59,9 +67,9 @@ class Answering:
         self.timing.token()
 
     def close(self) -> None:
-        """End the run (idempotent) and note how it exited."""
+        """End the run (idempotent) and note how its process exited, if it ended with it."""
         self.run.close()
-        self.timing.exit_code = self.run.returncode
+        self.timing.exit_code = self.run.exit_code
 
 
 @dataclass
@@ -78,7 +86,7 @@ class Encoder(Protocol):
     """A front-end's streaming wire format: answer events in, SSE text out."""
 
     def start(self) -> Iterator[str]: ...
-    def event(self, item: Delta | Thinking | ToolCalled | Finished) -> Iterator[str]: ...
+    def event(self, item: AnswerEvent) -> Iterator[str]: ...
     def heartbeat(self) -> str: ...
     def error(self, error: ApiError) -> Iterator[str]: ...
     def end(self) -> Iterator[str]: ...
@@ -105,39 +113,88 @@ def json_body() -> object:
     return body
 
 
+def answering(view: Callable) -> Callable:
+    """Mark a view that answers through the gateway: the app then gives each of its requests a
+    timing (the request log line and metrics), also when it is refused before its run starts."""
+    view.answers_through_gateway = True  # type: ignore[attr-defined]
+    return view
+
+
 def start_answer(conversation: Conversation) -> Answering:
-    """Spawn (or take warm) the run for a validated conversation, fed with its prompt."""
+    """Give a validated conversation its run (a session on a warm process, or a process of its
+    own) with its prompt sent, and the events of its answer."""
     config = current_app.config
+    if g.get("timing") is None:  # a view not marked `@answering`: timed from here
+        g.timing = RequestTiming(g.request_id)
     timing: RequestTiming = g.timing
     timing.model, timing.stream = conversation.model, conversation.stream
-    interface = RunSpec.interface_for(conversation, config["PROXY_CLI_INTERFACE"])
+    interface = "headless" if config["PROXY_CLI_INTERFACE"] == "headless" else "acp"
     prompt = build_prompt(conversation, config["PROXY_DEFAULT_SYSTEM_PROMPT"], inline_images=interface == "acp")
     if len(prompt.text.encode("utf-8")) > MAX_PROMPT_BYTES:
         raise ApiError(413, "The conversation is longer than the gemini CLI's 8 MB input limit.",
                        code="context_length_exceeded", param="messages")
     spec = RunSpec.for_conversation(conversation, prompt.system_text, interface)
-    run = start_run(spec, prompt)
+    pool = current_app.extensions["process_pool"]
+    run = start_run(config, pool, current_app.extensions["run_limiter"], spec,
+                    AnswerShape.for_conversation(conversation, spec), prompt, g.get("tenant", ""))
     try:
-        # A warm process was spawned before this request: its spawn is not this request's cost.
-        pool_on = current_app.extensions.get("warm_pool") is not None
-        timing.pool = "hit" if run.from_pool else ("miss" if pool_on else "off")
-        timing.spawn_ms = None if run.from_pool else run.spawn_ms
-        tools = conversation.offered_tools
-        shape = AnswerShape(tool_names=spec.client_tool_names(tools),
-                            own_wait_for_previous=frozenset(
-                                t.name for t in tools if CLI_ADDED_ARGUMENT in (t.parameters.get("properties") or {})),
-                            parallel_tool_calls=conversation.parallel_tool_calls,
-                            max_output_tokens=conversation.generation.max_output_tokens)
+        # A warm process was started before this request: its spawn is not this request's cost.
+        timing.pool = "hit" if run.from_pool else ("miss" if pool.warm and interface == "acp" else "off")
+        timing.spawn_ms, timing.cli_pid = run.spawn_ms, run.pid
         deadlines = Deadlines(g.started_monotonic, config["PROXY_REQUEST_TIMEOUT"],
                               config["PROXY_FIRST_TOKEN_TIMEOUT"])
-        common = {"model": conversation.model, "cli_model": conversation.cli_model, "deadlines": deadlines,
-                  "heartbeat": config["PROXY_HEARTBEAT_INTERVAL"], "shape": shape,
-                  "client_gone": client_gone_check(request.environ)}
-        events = read_acp_answer(run, prompt, **common) if run.acp else read_answer(run, **common)
+        events = read_events(run, deadlines, config["PROXY_HEARTBEAT_INTERVAL"], client_gone_check(request.environ))
     except BaseException:
         run.close()
         raise
     return Answering(run, events, timing)
+
+
+def read_events(run: Run, deadlines: Deadlines, heartbeat: float,
+                client_gone: Callable[[], bool]) -> Iterator[AnswerEvent | Silence]:
+    """The run's answer up to `Finished`, with a Silence for each heartbeat interval without an
+    event; raises the deadline's 504 (the first-token deadline until output came) or ClientGone,
+    cancelling the run first."""
+    got_output = False
+    while True:
+        left, which = deadlines.remaining(got_output)
+        if left <= 0:
+            run.cancel()
+            raise deadline_error(which, deadlines)
+        event = run.next_event(min(heartbeat, left))
+        if event is None:
+            if client_gone():
+                run.cancel()
+                raise ClientGone()
+            yield Silence()
+            continue
+        got_output = got_output or isinstance(event, (Delta, Thinking, ToolCalled))
+        yield event
+        if isinstance(event, Finished):
+            return
+
+
+def deadline_error(which: str, deadlines: Deadlines) -> ApiError:
+    """The 504 for a passed deadline; retrying would likely time out again, at the cost of a run."""
+    if which == "first-token":
+        message = (f"The model sent no answer within {deadlines.first_token:g} s "
+                   "(PROXY_FIRST_TOKEN_TIMEOUT); the gemini run was stopped.")
+    else:
+        message = (f"The request took longer than {deadlines.total:g} s (PROXY_REQUEST_TIMEOUT); "
+                   "the gemini run was stopped.")
+    return ApiError(504, message, code="deadline_exceeded", headers=no_retry_headers())
+
+
+def respond(conversation: Conversation, encoder: Encoder, body: Callable[[Collected], dict]) -> Response:
+    """A view's whole answer: start it, then stream it through `encoder` (a streamed request), or
+    collect it and reply with the JSON `body(collected)`."""
+    answering = start_answer(conversation)
+    if conversation.stream:
+        return stream(answering, encoder)
+    collected = collect(answering)
+    if collected is None:
+        return Response(status=499)  # the client left; nobody reads this
+    return reply(answering, body(collected))
 
 
 def collect(answering: Answering) -> Collected | None:

@@ -28,9 +28,7 @@ def app(tmp_path: Path):
         "PROXY_CLI_INTERFACE": "headless",
     })
     yield app
-    pool = app.extensions.get("warm_pool")
-    if pool is not None:
-        pool.close()  # warm processes a chat request made it start
+    app.extensions["process_pool"].close()  # processes a chat request made it start
 
 
 @pytest.fixture
@@ -69,26 +67,44 @@ def mock(mock_api):
     mock_api.reset()
 
 
-@pytest.fixture(scope="session")
-def real_server(mock_api, tmp_path_factory):
-    """gunicorn with the real gemini CLI (pinned npm install) talking to the loopback mock API.
-    HOME is an empty dir of its own, so tests can see that nothing is written there."""
+def real_cli_server(mock_api, home: Path, interface: str) -> ProxyServer:
+    """gunicorn with the real gemini CLI (pinned npm install) talking to the loopback mock API,
+    a process per request (no pool). HOME is an empty dir of its own, so tests can see that
+    nothing is written there."""
     if not REAL_GEMINI.exists():
         pytest.fail("the pinned gemini CLI is missing: run `npm ci` (the README's test command does)")
-    with ProxyServer({
+    return ProxyServer({
         "GEMINI_BIN": str(REAL_GEMINI),
         "GOOGLE_GEMINI_BASE_URL": mock_api.base_url,
         "GEMINI_API_KEY": "test-key",
         "PROXY_STATUS_HOLD": "10",
-        "PROXY_CLI_INTERFACE": "auto",
-        "HOME": str(tmp_path_factory.mktemp("home")),
-    }) as proxy:
+        "PROXY_CLI_INTERFACE": interface,
+        "HOME": str(home),
+    })
+
+
+@pytest.fixture(scope="session")
+def real_server(mock_api, tmp_path_factory):
+    """The real CLI driven over ACP (the default interface)."""
+    with real_cli_server(mock_api, tmp_path_factory.mktemp("home"), "acp") as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def real_headless_server(mock_api, tmp_path_factory):
+    """The real CLI driven headless (PROXY_CLI_INTERFACE=headless)."""
+    with real_cli_server(mock_api, tmp_path_factory.mktemp("home"), "headless") as proxy:
         yield proxy
 
 
 @pytest.fixture
 def real_oai(real_server) -> openai.OpenAI:
     return make_client(real_server.base_url)
+
+
+@pytest.fixture
+def real_headless_oai(real_headless_server) -> openai.OpenAI:
+    return make_client(real_headless_server.base_url)
 
 
 def records(server: ProxyServer) -> list[dict]:

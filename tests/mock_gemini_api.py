@@ -108,6 +108,9 @@ class _Behaviour:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Many CLI sessions connect at once (benchmarks: 100 streams); the default backlog of 5 drops
+    # connections, which the client retries only after 1 s.
+    request_queue_size = 256
     mock: MockGeminiApi
 
     def handle_error(self, request, client_address):  # noqa: D401 - socketserver hook
@@ -244,11 +247,17 @@ class _Handler(BaseHTTPRequestHandler):
             err["details"] = details
         self._send_json(status, {"error": err})
 
-    def _events(self, b: _Behaviour, model: str, body: Any = None) -> list[dict]:
+    def _events(self, b: _Behaviour, model: str, body: Any = None) -> tuple[list[dict], float, float]:
+        """The events to stream, and the delays before the first and between the others."""
         if b.script is not None:
             scripted = b.script(body)
+            if isinstance(scripted, Paced):
+                return [dict(e) for e in scripted.events], scripted.first_chunk_delay_s, scripted.chunk_delay_s
             if scripted is not None:
-                return [dict(e) for e in scripted]
+                return [dict(e) for e in scripted], b.first_chunk_delay_s, b.chunk_delay_s
+        return self._configured_events(b, model), b.first_chunk_delay_s, b.chunk_delay_s
+
+    def _configured_events(self, b: _Behaviour, model: str) -> list[dict]:
         if b.raw_events is not None:
             return [dict(e) for e in b.raw_events]
         if b.safety_block:
@@ -287,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, b: _Behaviour, model: str, body: Any = None) -> None:
         stop = self.server.mock._stopping
-        events = self._events(b, model, body)
+        events, first_delay, delay = self._events(b, model, body)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -295,13 +304,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         for i, ev in enumerate(events):
-            delay = b.first_chunk_delay_s if i == 0 else b.chunk_delay_s
-            if delay > 0 and stop.wait(delay):
+            wait = first_delay if i == 0 else delay
+            if wait > 0 and stop.wait(wait):
                 self.close_connection = True
                 return
             self._write_chunk(b"data: " + json.dumps(ev, separators=(",", ":")).encode() + b"\r\n\r\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+@dataclass
+class Paced:
+    """What a script may return for one request: its events, with delays of their own."""
+
+    events: list[dict]
+    first_chunk_delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
 
 
 def model_turn(parts: list[dict], usage: dict | None = None, finish_reason: str = "STOP") -> list[dict]:
@@ -426,7 +444,8 @@ class MockGeminiApi:
         raw_events (extra): stream exactly these GenerateContentResponse dicts instead of
         the ones built from chunks/usage/finish_reason (delays still apply).
         script: called with each streamGenerateContent request's JSON body; the events it
-        returns are streamed (None: fall back to the rest of the configuration).
+        returns are streamed (a `Paced`: with its own delays; None: fall back to the rest
+        of the configuration).
         """
         b = _Behaviour(
             chunks=list(DEFAULT_CHUNKS) if chunks is None else list(chunks),

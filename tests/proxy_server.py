@@ -133,6 +133,18 @@ class ProxyServer:
         self.stop()
 
 
+def log_fields(server: ProxyServer, request_id: str, timeout: float = 5) -> dict[str, str]:
+    """The key=value fields of the request's log line (waits for it, bounded)."""
+    found: list[str] = []
+
+    def look() -> bool:
+        found[:] = [line for line in server.request_lines() if f" id={request_id} " in line]
+        return bool(found)
+
+    assert wait_until(look, timeout), f"no log line for id={request_id}"
+    return dict(item.split("=", 1) for item in found[-1].split(" chat ", 1)[1].split() if "=" in item)
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     """Poll `predicate` until it is true or `timeout` seconds pass (bounded in count and time)."""
     deadline = time.monotonic() + timeout

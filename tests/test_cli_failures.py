@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.conftest import make_client, run_record
-from tests.proxy_server import ProxyServer, group_alive, open_chat_stream, pid_alive, wait_until
+from tests.proxy_server import ProxyServer, group_alive, log_fields, open_chat_stream, pid_alive, wait_until
 
 INTERFACES = {"headless": "headless", "acp": "auto"}  # test id -> PROXY_CLI_INTERFACE
 THOUGHT = "**Thinking**\nabout it"  # what the stand-in thinks on FAKE:think (ACP only)
@@ -31,18 +31,6 @@ def ask(text: str) -> list[dict]:
 
 def run_dirs(server) -> list[str]:
     return os.listdir(server.run_dir)
-
-
-def log_fields(server, request_id: str, timeout: float = 5) -> dict[str, str]:
-    """The key=value fields of the request's timing log line (waits for it, bounded)."""
-    found: list[str] = []
-
-    def look() -> bool:
-        found[:] = [line for line in server.request_lines() if f" id={request_id} " in line]
-        return bool(found)
-
-    assert wait_until(look, timeout), f"no log line for id={request_id}"
-    return dict(item.split("=", 1) for item in found[-1].split(" chat ", 1)[1].split() if "=" in item)
 
 
 def assert_run_gone(run: dict, timeout: float = 8) -> None:

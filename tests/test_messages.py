@@ -14,9 +14,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.answer import Delta, Finished, Thinking, ToolCalled
 from proxy.api.messages import MessageEncoder
 from proxy.api.messages_request import MessagesRequest
-from proxy.cli.answer import Delta, Finished, Thinking, ToolCalled
 from proxy.config import DEFAULT_MODEL_ALIASES, DEFAULT_MODELS, parse_model_aliases
 from proxy.conversation import ToolCall
 from proxy.service.errors import ApiError

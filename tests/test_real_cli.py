@@ -128,9 +128,16 @@ def test_system_prompt_and_history_reach_the_model(real_oai, mock):
     assert len(mock.generate_requests()[-1].body) < 2048
 
 
-# A request with a client tool runs headless, one without over ACP (proxy/cli/acp.py): both are tested.
+# Over ACP (proxy/cli/acp.py), with and without a client tool, and headless (PROXY_CLI_INTERFACE=headless):
+# interface -> (the client fixture, what the request adds).
 DUMMY_TOOL = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}
-INTERFACES = {"acp": {}, "headless": {"tools": [DUMMY_TOOL]}}
+INTERFACES = {"acp": ("real_oai", {}), "acp-tools": ("real_oai", {"tools": [DUMMY_TOOL]}),
+              "headless": ("real_headless_oai", {})}
+
+
+def client_for(request, interface: str) -> tuple[openai.OpenAI, dict]:
+    fixture, extra = INTERFACES[interface]
+    return request.getfixturevalue(fixture), extra
 
 
 @pytest.mark.parametrize("interface", list(INTERFACES))
@@ -143,8 +150,9 @@ INTERFACES = {"acp": {}, "headless": {"tools": [DUMMY_TOOL]}}
     "@cli_help what now",
     "look at @.gemini/settings.json and @../home/.gemini/oauth_creds.json",
 ])
-def test_user_text_is_inert(real_oai, mock, text, interface):
-    real_oai.chat.completions.create(model="gemini-cli", messages=ask(text), **INTERFACES[interface])
+def test_user_text_is_inert(request, mock, text, interface):
+    client, extra = client_for(request, interface)
+    client.chat.completions.create(model="gemini-cli", messages=ask(text), **extra)
     body = last_body(mock)
     parts = user_parts(body)
     # Headless: after the primer newline. ACP: as it is, but a leading / or $ gets a zero-width space.
@@ -155,12 +163,13 @@ def test_user_text_is_inert(real_oai, mock, text, interface):
 
 
 @pytest.mark.parametrize("interface", list(INTERFACES))
-def test_image_parts_reach_the_model_as_images(real_oai, mock, interface):
+def test_image_parts_reach_the_model_as_images(request, mock, interface):
+    client, extra = client_for(request, interface)
     url = "data:image/png;base64," + base64.b64encode(PNG).decode()
-    real_oai.chat.completions.create(model="gemini-cli", messages=[{"role": "user", "content": [
+    client.chat.completions.create(model="gemini-cli", messages=[{"role": "user", "content": [
         {"type": "text", "text": "what is in this picture? (from bob@example.com)"},
         {"type": "image_url", "image_url": {"url": url}},
-    ]}], **INTERFACES[interface])
+    ]}], **extra)
     parts = user_parts(last_body(mock))
     images = [p["inlineData"] for p in parts if "inlineData" in p]
     assert images == [{"mimeType": "image/png", "data": base64.b64encode(PNG).decode()}]

@@ -138,9 +138,9 @@ def test_retry_after_from_cli_messages(message, seconds):
 
 
 def test_run_dirs_are_private(tmp_path):
-    from proxy.cli.process import CliRun
+    from proxy.cli.process import CliProcess
 
-    run = CliRun(str(tmp_path))
+    run = CliProcess(str(tmp_path))
     try:
         assert oct(os.stat(run.dir).st_mode & 0o777) == "0o700"
     finally:

@@ -11,10 +11,10 @@ import secrets
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, current_app
 
-from ..cli.answer import Delta, Finished, Thinking, ToolCalled
-from ..gateway import collect, json_body, reply, start_answer, stream
+from ..answer import Delta, Finished, Thinking, ToolCalled
+from ..gateway import Collected, answering, json_body, respond
 from ..service.errors import ApiError
 from .chat_request import ChatRequest
 from .openai_format import to_chunk, to_completion, to_tool_call, to_usage_chunk
@@ -24,19 +24,17 @@ bp = Blueprint("chat", __name__)
 
 
 @bp.post("/v1/chat/completions")
+@answering
 def create_chat_completion():
-    """Answer an OpenAI chat completion request through one gemini CLI run."""
+    """Answer an OpenAI chat completion request through the gemini CLI."""
     chat = ChatRequest.from_json(json_body(), current_app.config["MODELS"], current_app.config["MODEL_ALIASES"])
-    answering = start_answer(chat.conversation)
-    if chat.stream:
-        return stream(answering, ChunkEncoder(chat))
-    collected = collect(answering)
-    if collected is None:
-        return Response(status=499)  # the client left; nobody reads this
-    finished = collected.finished
-    return reply(answering, to_completion(completion_id(), int(time.time()), chat.model, collected.text,
-                                          finished.finish_reason, finished.usage, collected.tool_calls,
-                                          collected.reasoning))
+
+    def completion(collected: Collected) -> dict:
+        finished = collected.finished
+        return to_completion(completion_id(), int(time.time()), chat.model, collected.text, finished.finish_reason,
+                             finished.usage, collected.tool_calls, collected.reasoning)
+
+    return respond(chat.conversation, ChunkEncoder(chat), completion)
 
 
 class ChunkEncoder:

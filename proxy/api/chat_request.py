@@ -24,10 +24,12 @@ from .checks import (
     image_from_url,
     int32,
     number,
+    openai_turns,
     optional,
     pair_tool_results,
     tool,
 )
+from .request import ApiRequest
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -49,19 +51,10 @@ IGNORED_PARAMS: dict[str, tuple[type, ...]] = {
 
 
 @dataclass
-class ChatRequest:
+class ChatRequest(ApiRequest):
     """A chat completion request: the conversation plus OpenAI wire options."""
 
-    conversation: Conversation
     include_usage: bool = False
-
-    @property
-    def model(self) -> str:
-        return self.conversation.model
-
-    @property
-    def stream(self) -> bool:
-        return self.conversation.stream
 
     @classmethod
     def from_json(cls, body: Any, models: dict[str, str], aliases: tuple[tuple[str, str], ...] = ()) -> ChatRequest:
@@ -80,7 +73,7 @@ class ChatRequest:
         if not isinstance(raw_messages, list) or not raw_messages:
             raise bad("`messages` must be a non-empty array.", "messages")
         messages = [_message(raw, i) for i, raw in enumerate(raw_messages)]
-        pair_tool_results(messages)
+        pair_tool_results(openai_turns(messages))
         tools, tool_choice = _tools(body)
         conversation = Conversation(
             model=model, cli_model=cli_model, messages=messages, tools=tools, tool_choice=tool_choice,

@@ -10,9 +10,10 @@ import base64
 import binascii
 import fnmatch
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from ..conversation import Image, Message, Tool, ToolCall
+from ..conversation import Image, Message, Tool, ToolCall, ToolResult
 from ..service.errors import ApiError
 
 NUMBER = (int, float)
@@ -128,36 +129,73 @@ def image(mime: Any, data: Any, param: str) -> Image:
     return Image(mime=mime, extension=IMAGE_TYPES[mime], data=decoded)
 
 
-def pair_tool_results(messages: list[Message], where: str | None = None) -> None:
-    """Every tool result answers a call made earlier in the conversation, and the results of an
-    assistant turn's calls come right after it: the model must get them paired, in order.
-    Errors name `messages[i]`, or `where` for a front-end whose items are not those messages."""
-    open_calls: dict[str, ToolCall] = {}
-    for i, message in enumerate(messages):
-        param = where or f"messages[{i}]"
+Turn = list[tuple[int, Message]]  # messages answered together, each with the index its errors name
+
+
+@dataclass
+class PairingWords:
+    """How a front-end words the errors of `pair_tool_results`: OpenAI's, naming `messages[i]`
+    (or `where`, for a front-end whose items are not those messages)."""
+
+    where: str | None = None
+
+    def unexpected(self, index: int, result: ToolResult) -> ApiError:
+        param = self.where or f"messages[{index}]"
+        what = f"`{result.call_id[:80]}`" if result.call_id else f"of function `{result.name}`"
+        return bad(f"`{param}`: the tool result {what} does not answer a tool call of the assistant message "
+                   "before it (or that call was already answered).", self.where or f"{param}.tool_call_id")
+
+    def duplicate(self, index: int, call_id: str) -> ApiError:
+        param = self.where or f"messages[{index}]"
+        return bad(f"`{param}` has two tool calls with the id `{call_id[:80]}`.", self.where or f"{param}.tool_calls")
+
+    def unanswered(self, open_calls: dict[str, int], before: int | None) -> ApiError:
+        """`open_calls`: call id -> the index of the message that made it; `before`: the index of
+        the message that came instead of their results (None: the conversation ended)."""
+        place = (f"before `{self.where or f'messages[{before}]'}`" if before is not None
+                 else f"at the end of `{self.where or 'messages'}`")
+        return bad(f"The tool calls {', '.join(list(open_calls)[:5])} have no result {place}; send one for each "
+                   "call, right after the turn that made them.", self.where or "messages")
+
+
+def openai_turns(messages: list[Message]) -> list[Turn]:
+    """OpenAI's messages as turns: system messages aside (instructions, wherever they stand, join
+    the system prompt), each message a turn, but consecutive tool messages one turn."""
+    turns: list[Turn] = []
+    for index, message in enumerate(messages):
         if message.role == "system":
-            continue  # instructions, wherever they stand, join the system prompt
-        if open_calls and message.role != "tool":
-            raise _unanswered(open_calls, f"before `{param}`", where)
-        for result in message.tool_results:
+            continue
+        if message.role == "tool" and turns and turns[-1][-1][1].role == "tool":
+            turns[-1].append((index, message))
+        else:
+            turns.append([(index, message)])
+    return turns
+
+
+def pair_tool_results(turns: list[Turn], words: PairingWords | None = None) -> None:
+    """Every tool result answers a call of the turn right before it, and every call of a turn is
+    answered by the turn right after it: the model must get them paired, in order. Fills in each
+    result's tool name (and a legacy `function` result's call id)."""
+    words = words or PairingWords()
+    open_calls: dict[str, tuple[int, ToolCall]] = {}
+    for position, turn in enumerate(turns):
+        results = [(index, result) for index, message in turn for result in message.tool_results]
+        if open_calls and not results:
+            raise words.unanswered({call_id: made for call_id, (made, _) in open_calls.items()}, turn[0][0])
+        for index, result in results:
             if not result.call_id:  # legacy `function` message: the open call of that name
-                result.call_id = next((c.id for c in open_calls.values() if c.name == result.name), "")
-            call = open_calls.pop(result.call_id, None)
-            if call is None:
-                what = f"`{result.call_id[:80]}`" if result.call_id else f"of function `{result.name}`"
-                raise bad(f"`{param}`: the tool result {what} does not answer a tool call of the assistant "
-                          "message before it (or that call was already answered).",
-                          where or f"{param}.tool_call_id")
-            result.name = call.name
-        for call in message.tool_calls:
-            if call.id in open_calls:
-                raise bad(f"`{param}` has two tool calls with the id `{call.id[:80]}`.", where or f"{param}.tool_calls")
-            open_calls[call.id] = call
+                result.call_id = next((c.id for _, c in open_calls.values() if c.name == result.name), "")
+            made = open_calls.pop(result.call_id, None)
+            if made is None:
+                raise words.unexpected(index, result)
+            result.name = made[1].name
+        if open_calls:
+            before = turns[position + 1][0][0] if position + 1 < len(turns) else None
+            raise words.unanswered({call_id: made for call_id, (made, _) in open_calls.items()}, before)
+        for index, message in turn:
+            for call in message.tool_calls:
+                if call.id in open_calls:
+                    raise words.duplicate(index, call.id)
+                open_calls[call.id] = (index, call)
     if open_calls:
-        raise _unanswered(open_calls, f"at the end of `{where or 'messages'}`", where)
-
-
-def _unanswered(open_calls: dict[str, ToolCall], place: str, where: str | None) -> ApiError:
-    missing = ", ".join(list(open_calls)[:5])
-    return bad(f"The tool calls {missing} have no result {place}; send one for each call, right after the "
-               "turn that made them.", where or "messages")
+        raise words.unanswered({call_id: made for call_id, (made, _) in open_calls.items()}, None)

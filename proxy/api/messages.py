@@ -19,9 +19,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify
 
-from ..cli.answer import Delta, Finished, Thinking, ToolCalled
+from ..answer import Delta, Finished, Thinking, ToolCalled
 from ..conversation import ToolCall
-from ..gateway import Collected, collect, json_body, reply, start_answer, stream
+from ..gateway import Collected, answering, json_body, respond
 from ..service.errors import ApiError
 from .messages_request import MessagesRequest
 from .sse import sse_event
@@ -34,18 +34,14 @@ PING = 'event: ping\ndata: {"type": "ping"}\n\n'
 
 
 @bp.post("/v1/messages")
+@answering
 def create_message():
-    """Answer an Anthropic Messages request through one gemini CLI run."""
+    """Answer an Anthropic Messages request through the gemini CLI."""
     config = current_app.config
     parsed = MessagesRequest.from_json(json_body(), config["MODELS"], config["MODEL_ALIASES"])
     estimate = parsed.estimated_input_tokens()
-    answering = start_answer(parsed.conversation)
-    if parsed.stream:
-        return stream(answering, MessageEncoder(parsed.model, estimate))
-    collected = collect(answering)
-    if collected is None:
-        return Response(status=499)  # the client left; nobody reads this
-    return reply(answering, to_message(message_id(), parsed.model, collected, estimate))
+    return respond(parsed.conversation, MessageEncoder(parsed.model, estimate),
+                   lambda collected: to_message(message_id(), parsed.model, collected, estimate))
 
 
 @bp.post("/v1/messages/count_tokens")

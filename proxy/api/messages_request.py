@@ -21,12 +21,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..conversation import Conversation, Image, Message, Part, Tool, ToolCall, ToolResult
+from ..conversation import Conversation, Image, Message, Part, Tool, ToolCall, ToolResult, json_text
 from ..generation import Generation
 from ..service.errors import ApiError
 from . import checks
-from .checks import MAX_STOP_SEQUENCES, bad, number, optional, pair_tool_results
-from .openai_format import json_text
+from .checks import MAX_STOP_SEQUENCES, PairingWords, bad, number, optional, pair_tool_results
+from .request import ApiRequest
 
 # Accepted and ignored: they change nothing the client gets back (JSON null allowed for all).
 IGNORED_PARAMS: dict[str, tuple[type, ...]] = {
@@ -51,18 +51,8 @@ IMAGE_TOKENS = 258
 
 
 @dataclass
-class MessagesRequest:
+class MessagesRequest(ApiRequest):
     """A Messages request: the conversation (plus nothing else the wire needs)."""
-
-    conversation: Conversation
-
-    @property
-    def model(self) -> str:
-        return self.conversation.model
-
-    @property
-    def stream(self) -> bool:
-        return self.conversation.stream
 
     @classmethod
     def from_json(cls, body: Any, models: dict[str, str], aliases: tuple[tuple[str, str], ...] = (),
@@ -84,10 +74,9 @@ class MessagesRequest:
         if not isinstance(raw_messages, list) or not raw_messages:
             raise bad("`messages` must be a non-empty array.", "messages")
         turns = [_turn(raw, i) for i, raw in enumerate(raw_messages)]
-        _check_pairing(turns)
+        pair_tool_results([[(i, m) for m in turn] for i, turn in enumerate(turns)], AnthropicPairing())
         for turn in turns:
             messages += turn
-        pair_tool_results(messages)  # fills in each result's tool name; the check above said why not
         tools, tool_choice, parallel = _tools(body)
         conversation = Conversation(
             model=model, cli_model=cli_model, messages=messages, tools=tools, tool_choice=tool_choice,
@@ -248,36 +237,24 @@ def _tool_result(block: dict, param: str) -> Message:
     return Message("tool", [ToolResult(call_id=call_id, content=text), *images])
 
 
-def _check_pairing(turns: list[list[Message]]) -> None:
-    """Anthropic's rule, with its indices: every `tool_use` of an assistant turn gets its
-    `tool_result` in the user turn right after it, and a `tool_result` answers such a call."""
-    open_calls: dict[str, int] = {}  # call id -> index of the assistant turn that made it
-    for index, turn in enumerate(turns):
-        results = [r for m in turn for r in m.tool_results]
-        for result in results:
-            if result.call_id not in open_calls:
-                raise bad(f"`messages[{index}]`: unexpected `tool_use_id` found in `tool_result` blocks: "
-                          f"`{result.call_id[:80]}`. Each `tool_result` block must have a corresponding "
-                          "`tool_use` block in the previous message (and answer it once).",
-                          f"messages[{index}].content")
-            del open_calls[result.call_id]
-        if open_calls:
-            made = next(iter(open_calls.values()))
-            ids = ", ".join(list(open_calls)[:5])
-            raise bad(f"`messages[{made}]`: `tool_use` ids were found without `tool_result` blocks immediately "
-                      f"after: {ids}. Each `tool_use` block must have a corresponding `tool_result` block in "
-                      "the next message.", f"messages[{made}].content")
-        for message in turn:
-            for call in message.tool_calls:
-                if call.id in open_calls:
-                    raise bad(f"`messages[{index}]` has two `tool_use` blocks with the id `{call.id[:80]}`.",
-                              f"messages[{index}].content")
-                open_calls[call.id] = index
-    if open_calls:
-        made = next(iter(open_calls.values()))
-        raise bad(f"`messages[{made}]`: `tool_use` ids were found without `tool_result` blocks immediately after: "
-                  f"{', '.join(list(open_calls)[:5])}. Send a user message with a `tool_result` block for each.",
-                  f"messages[{made}].content")
+class AnthropicPairing(PairingWords):
+    """Anthropic's wording of the pairing rule, with its indices (`messages[i]` of the turns)."""
+
+    def unexpected(self, index: int, result: ToolResult) -> ApiError:
+        return bad(f"`messages[{index}]`: unexpected `tool_use_id` found in `tool_result` blocks: "
+                   f"`{result.call_id[:80]}`. Each `tool_result` block must have a corresponding `tool_use` block "
+                   "in the previous message (and answer it once).", f"messages[{index}].content")
+
+    def duplicate(self, index: int, call_id: str) -> ApiError:
+        return bad(f"`messages[{index}]` has two `tool_use` blocks with the id `{call_id[:80]}`.",
+                   f"messages[{index}].content")
+
+    def unanswered(self, open_calls: dict[str, int], before: int | None) -> ApiError:
+        made, ids = next(iter(open_calls.values())), ", ".join(list(open_calls)[:5])
+        then = ("Each `tool_use` block must have a corresponding `tool_result` block in the next message."
+                if before is not None else "Send a user message with a `tool_result` block for each.")
+        return bad(f"`messages[{made}]`: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                   f"{ids}. {then}", f"messages[{made}].content")
 
 
 def _tools(body: dict) -> tuple[list[Tool], str, bool]:

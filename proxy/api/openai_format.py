@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..conversation import ToolCall
-
-
-def json_text(value: Any) -> str:
-    """JSON as OpenAI carries tool arguments: a compact string."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def to_tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
@@ -18,17 +12,6 @@ def to_tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {} if index is None else {"index": index}
     out.update({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}})
     return out
-
-
-def usage_from_stats(stats: dict[str, Any] | None) -> dict[str, int] | None:
-    """The CLI's real token counts (`result` event stats) as the gateway's usage, in OpenAI's
-    names (no `reasoning_tokens`: neither interface reports the thoughts' count as such)."""
-    if not stats:
-        return None
-    prompt = int(stats.get("input_tokens") or 0)
-    completion = int(stats.get("output_tokens") or 0)
-    total = int(stats.get("total_tokens") or (prompt + completion))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
 def to_usage(usage: dict[str, int] | None) -> dict[str, Any]:

@@ -13,11 +13,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, current_app
 
-from ..cli.answer import Delta, Finished, Thinking, ToolCalled
+from ..answer import Delta, Finished, Thinking, ToolCalled
 from ..conversation import ToolCall
-from ..gateway import collect, json_body, reply, start_answer, stream
+from ..gateway import Collected, answering, json_body, respond
 from ..service.errors import ApiError
 from .responses_request import STATELESS, ResponsesRequest
 from .sse import HEARTBEAT, sse_event
@@ -26,23 +26,22 @@ bp = Blueprint("responses", __name__)
 
 
 @bp.post("/v1/responses")
+@answering
 def create_response():
-    """Answer an OpenAI Responses request through one gemini CLI run."""
+    """Answer an OpenAI Responses request through the gemini CLI."""
     req = ResponsesRequest.from_json(json_body(), current_app.config["MODELS"], current_app.config["MODEL_ALIASES"])
-    answering = start_answer(req.conversation)
     builder = ResponseBuilder(req)
-    if req.conversation.stream:
-        return stream(answering, ResponseEventEncoder(builder))
-    collected = collect(answering)
-    if collected is None:
-        return Response(status=499)  # the client left; nobody reads this
-    if collected.reasoning:
-        builder.add(builder.reasoning_item(collected.reasoning))
-    if collected.text:
-        builder.add(builder.message_item(collected.text))
-    for call in collected.tool_calls:
-        builder.add(builder.function_call_item(call))
-    return reply(answering, builder.response(collected.finished))
+
+    def response(collected: Collected) -> dict:
+        if collected.reasoning:
+            builder.add(builder.reasoning_item(collected.reasoning))
+        if collected.text:
+            builder.add(builder.message_item(collected.text))
+        for call in collected.tool_calls:
+            builder.add(builder.function_call_item(call))
+        return builder.response(collected.finished)
+
+    return respond(req.conversation, ResponseEventEncoder(builder), response)
 
 
 @bp.route("/v1/responses/<path:response_id>", methods=["GET", "DELETE"])

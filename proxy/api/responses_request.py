@@ -16,7 +16,18 @@ from ..conversation import Conversation, Message, Part, Tool, ToolCall, ToolResu
 from ..generation import REASONING_EFFORTS, Generation
 from ..service.errors import ApiError
 from . import checks
-from .checks import MAX_STOP_SEQUENCES, bad, image_from_url, int32, number, optional, pair_tool_results
+from .checks import (
+    MAX_STOP_SEQUENCES,
+    PairingWords,
+    bad,
+    image_from_url,
+    int32,
+    number,
+    openai_turns,
+    optional,
+    pair_tool_results,
+)
+from .request import ApiRequest
 
 ROLES = {"user", "assistant", "system", "developer"}
 STATELESS = ("This gateway keeps no state between requests: send the whole conversation in `input` "
@@ -29,15 +40,10 @@ IGNORED_PARAMS: dict[str, tuple[type, ...]] = {
 
 
 @dataclass
-class ResponsesRequest:
+class ResponsesRequest(ApiRequest):
     """A Responses request: the conversation, plus what the response object echoes back."""
 
-    conversation: Conversation
     echo: dict[str, Any]  # instructions, tools, tool_choice, ... as the client sent them
-
-    @property
-    def model(self) -> str:
-        return self.conversation.model
 
     @classmethod
     def from_json(cls, body: Any, models: dict[str, str], aliases: tuple[tuple[str, str], ...] = ()
@@ -62,7 +68,7 @@ class ResponsesRequest:
         messages += _input(body.get("input"))
         if not messages:
             raise bad("`input` must be a non-empty string or array of items.", "input")
-        pair_tool_results(messages, where="input")
+        pair_tool_results(openai_turns(messages), PairingWords(where="input"))
         tools = _tools(optional(body, "tools", (list,)) or [])
         conversation = Conversation(
             model=model, cli_model=cli_model, messages=messages, tools=tools,

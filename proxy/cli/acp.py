@@ -1,206 +1,660 @@
-"""Driving a CLI run over ACP (`gemini --acp`, JSON-RPC 2.0 on stdin/stdout): one session a run.
+"""ACP: one `gemini --acp` process serves many requests, each in a fresh session of its own.
 
-Why two ways to drive the CLI (measured, shared/gemini-cli-agents.md and the README):
-- ACP streams the model's thoughts (`agent_thought_chunk`); headless stream-json drops them.
-- ACP reads the system prompt (GEMINI_SYSTEM_MD) and settings.json (a new cwd defeats its
-  10 s cache) at `session/new`, and takes the model per session (`session/set_model`): a
-  process initialised ahead of time can serve any request without client tools, so the warm
-  pool keeps such processes under one key instead of one per (model, prompt, settings).
-- ACP runs a turn's tool calls one at a time, announcing the next only once the last has an
-  answer, so the calls of a parallel turn cannot all be returned without the CLI sending
-  results on to the API. Requests with client tools therefore run headless, where every call
-  of the turn is printed before any runs (proxy/cli/answer.py).
+Why (measured with 0.61.0 against the loopback mock; README "Two ways to drive the CLI"): a
+start-up costs ~1.3 CPU-s, a session ~40 ms; ACP streams the model's thoughts; and with the
+session's turn limit at one model turn (`model.maxSessionTurns: 1`), every call of a parallel
+tool turn reaches the run's MCP server (which answers it at once, proxy/cli/mcp_tool_server.py)
+and the prompt then ends (`max_turn_requests`) before any result could go back to the API.
 
-Each ACP run opens its session ahead: `session/new` and `session/set_model` go out the moment
-`initialize` is answered (`ahead_session`), for the spec the run was started with, so a warm
-process whose spec is the request's starts at `session/prompt`. A request with another spec
-gets a process of another spec (or a cold one): its own settings and system prompt are
-written and a new session opened in a new cwd (`prepare_session`); the session opened ahead is
-never used. Each process serves one request, then is closed with its run: nothing one request
-left in it can reach the next.
+What each session gets, so that it starts as clean as a cold process (tests/test_leaks.py):
+- its own cwd `<run dir>/s-<random>/` (0700), holding its own workspace settings
+  (`.gemini/settings.json`: generation settings, allowed tools, the MCP server), which the CLI
+  reads at `session/new` (a new cwd defeats its 10 s settings cache);
+- its system prompt: the process's GEMINI_SYSTEM_MD file, read at `session/new`;
+- its model (`session/set_model`), and its prompt (`session/prompt`).
+When it ends: a prompt still running is cancelled (`session/cancel`; the process is killed if
+that is not confirmed within CANCEL_TIMEOUT), its MCP server is told to exit, and once the prompt
+is at rest its cwd and the CLI's files for that cwd (`<home>/.gemini/tmp/<slug>/`, its chat
+recording, and `history/<slug>/`) are deleted. ACP 0.61.0 cannot close a session: its objects stay
+in the process's memory (the pool retires a process after PROXY_PROCESS_MAX_REQUESTS sessions).
 
-`read_acp_answer` yields the same events as `answer.read_answer` (Thinking, Delta, Silence,
-Finished), so the front-ends cannot tell the two apart.
+One hazard shapes the scheduling here. Every `session/new` makes *every* session of the process
+re-read the system prompt file (the new session's memory refresh emits the CLI's global
+"memory changed" event), so the file may change only while no other session could still send
+an API request with it: the process keeps one system prompt at a time (`system_text`), and
+switches to another only when none of its sessions is `unsent` (opened, but its API request
+not yet known to have gone out: no output, no result). Sessions with the process's current
+system prompt are opened at any time.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import secrets
+import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+from ..answer import AnswerEvent, Delta, Finished, Thinking, ToolCalled
+from ..conversation import ToolCall
 from ..service.errors import ApiError
-from .answer import (
-    AnswerShape,
-    ClientGone,
-    Deadlines,
-    Delta,
-    Finished,
-    Silence,
-    Thinking,
-    deadline_error,
-    run_events,
-)
+from ..service.limits import Slot
 from .failures import classify_failure
-from .process import EOF, CliRun
+from .home import READ_ONLY_TOOLS, UserAuth, cli_settings, write_cli_home
+from .process import EOF, CliProcess, Inbox, write_atomically
 from .prompt import Prompt
+from .spec import TOOL_SOCKET, TOOLS_FILE, AnswerShape, RunSpec
+from .tool_calls import ToolCallListener
 
-AHEAD_NEW = 1  # JSON-RPC id of the session opened ahead
-SESSION_NEW, SET_MODEL, PROMPT = 11, 12, 13  # ... of a session opened for the request, and the prompt
-AHEAD_DIR = "session"  # in the run dir: the cwd of the session opened ahead
-SESSION_DIR = "request"  # ... of one opened for the request: a new cwd, so settings are re-read
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT = 30.0  # seconds for `session/new` and `session/set_model` to be answered; else the process is broken
+CANCEL_TIMEOUT = 5.0  # seconds for a cancelled prompt to end; else the process is killed
+SESSION_PREFIX = "s-"  # a session's cwd in the run dir: s-<8 hex>
 EMPTY_SUBJECT = "****\n"  # how the CLI prints a thought that has no subject
+OUTPUT_UPDATES = {"agent_message_chunk", "agent_thought_chunk", "tool_call", "tool_call_update"}
 
 
-def ahead_session(run: CliRun) -> list[dict[str, Any]]:
-    """The request that opens a run's session ahead (sent by CliRun once `initialize` is answered).
-    The process was started with `-m` the spec's model, so the session needs no `set_model`."""
-    (run.dir / AHEAD_DIR).mkdir(mode=0o700, exist_ok=True)
-    return [{"jsonrpc": "2.0", "id": AHEAD_NEW, "method": "session/new",
-             "params": {"cwd": str(run.dir / AHEAD_DIR), "mcpServers": []}}]
+class _Reply:
+    """The answer to one JSON-RPC request, when it comes."""
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] | None = None
+        self._event = threading.Event()
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        self.message = message
+        self._event.set()
+
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        self._event.wait(timeout)
+        return self.message
 
 
-def prepare_session(run: CliRun, spec: Any, settings: dict[str, Any], system_text: str) -> None:
-    """Give `run` to a request of `spec`. The session opened ahead is the request's if the run was
-    started for the same spec; otherwise write what the request's own `session/new` will read."""
-    run.used = True
-    if run.spec == spec:
-        return
-    run.spec = None  # the session opened ahead is not this request's
-    (run.home / ".gemini" / "settings.json").write_text(json.dumps(settings), encoding="utf-8")
-    run.system_file.write_text(system_text, encoding="utf-8")
-    (run.dir / SESSION_DIR).mkdir(mode=0o700, exist_ok=True)
+class AcpProcess:
+    """One `gemini --acp` process: the JSON-RPC peer that hosts the sessions of many requests.
+
+    `max_sessions` at once, `max_requests` in its life (1 and 1: a process of its own per request).
+    """
+
+    def __init__(self, config: Mapping[str, Any], slot: Slot, tenant: str, max_sessions: int, max_requests: int):
+        self.config = config
+        self.tenant = tenant
+        self.max_sessions, self.max_requests = max_sessions, max_requests
+        try:
+            self.cli = CliProcess(config["PROXY_RUN_DIR"], config["PROXY_KILL_GRACE"])
+        except BaseException:
+            slot.release()
+            raise
+        self.cli.on_close.append(slot.release)
+        self.born = self.last_used = time.monotonic()
+        self.ready_at: float | None = None
+        self.rss_at_ready = 0
+        self.capabilities: dict[str, Any] | None = None  # `initialize`'s result, once answered
+        self.ready = threading.Event()  # `initialize` answered, or the process ended
+        self.exited = False
+        self.retire_reason: str | None = None
+        self.system_text = ""
+        self.epoch = 0  # bumped at every system prompt switch
+        self.served = 0  # requests given a session, in its life
+        self.active: set[AcpSession] = set()  # sessions of requests not yet ended
+        self.unsent: set[AcpSession] = set()  # sessions that may still read the system prompt file
+        self.ahead: AcpSession | None = None  # a session opened ahead for the next request of its spec
+        self.on_change: Callable[[AcpProcess], None] = lambda _: None  # the pool: capacity or state changed
+        self._lock = threading.Condition()
+        self._tickets = itertools.count()
+        # One `session/new` at a time: each takes the CLI's projects.json lock, whose retries back off
+        # exponentially (8 at once: the last answered after 12.9 s; one after the other, ~45 ms each).
+        self._open_lock = threading.Lock()
+        self._waiting: list[tuple[int, str]] = []  # sessions waiting to open: (ticket, system prompt)
+        self._ids = itertools.count(1)
+        self._replies: dict[int, Callable[[dict[str, Any]], None]] = {}
+        self._sessions: dict[str, AcpSession] = {}  # by ACP session id, until their prompt is at rest
+
+    def spawn(self, auth: UserAuth, model: str, system_text: str) -> None:
+        """Start the CLI and send `initialize`; sessions can be reserved at once and open when it
+        has answered. `model` is the `-m` (each session sets its own), `system_text` the
+        system prompt file's first content."""
+        config = self.config
+        try:
+            write_cli_home(self.cli.dir, self.cli.home, cli_settings(
+                auth.auth_type, config["PROXY_CLI_MAX_ATTEMPTS"], config["PROXY_TOOLS"], max_session_turns=1), auth)
+            self.system_text = system_text
+            self.cli.spawn(config["GEMINI_BIN"], ["--acp", "-m", model], system_text, self._dispatch)
+            self.request("initialize", {"protocolVersion": 1, "clientCapabilities": {
+                "fs": {"readTextFile": False, "writeTextFile": False}, "terminal": False}}, self._initialized)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- state the pool reads -------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Can take another session: alive, not retiring, room for one more, requests left."""
+        return (not self.exited and self.retire_reason is None and not self.cli.closed
+                and len(self.active) < self.max_sessions and self.served < self.max_requests)
+
+    def fits_now(self, system_text: str) -> bool:
+        """A session with this system prompt could be opened without waiting for others."""
+        if self._waiting:
+            return False
+        return system_text == self.system_text or not self.unsent
+
+    def retire(self, reason: str) -> None:
+        """Take no more sessions; the pool closes the process once its sessions have ended."""
+        with self._lock:
+            if self.retire_reason is None:
+                self.retire_reason = reason
+                if reason not in ("requests", "age", "idle", "shed", "evicted", "closing"):
+                    log.warning("gemini ACP process %s retired: %s", self.cli.pid, reason)
+        self.on_change(self)
+
+    def fail(self, reason: str) -> None:
+        """Something went wrong that cannot be attributed to one session: kill the process now
+        (its sessions' requests get errors) and let the pool replace it."""
+        self.retire(reason)
+        self.close()
+
+    def close(self) -> None:
+        """Kill the process and remove everything (idempotent, never raises)."""
+        self.cli.close()
+        self.exited = True
+        self.ready.set()
+        self.on_change(self)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def reserve(self, session: AcpSession) -> None:
+        """Count `session` as a request's (its place was checked with `usable`)."""
+        with self._lock:
+            self.active.add(session)
+            self.served += 1
+            self.last_used = time.monotonic()
+            if self.served >= self.max_requests and self.retire_reason is None:
+                self.retire_reason = "requests"
+
+    def take_ahead(self, spec: RunSpec) -> AcpSession | None:
+        """The session opened (or being opened) ahead, if it is for `spec` and, once open, was opened
+        with the current system prompt file; the request waits for the rest of its opening."""
+        with self._lock:
+            ahead = self.ahead
+            if ahead is None or ahead.spec != spec or self.exited or not ahead.usable_ahead(self.epoch):
+                return None
+            self.ahead = None
+            ahead.taken = True
+            self.active.add(ahead)
+            self.unsent.add(ahead)  # from now on it may send with the file's prompt: it holds it
+            self.served += 1
+            self.last_used = time.monotonic()
+            if self.served >= self.max_requests and self.retire_reason is None:
+                self.retire_reason = "requests"
+        return ahead
+
+    def drop_ahead(self) -> None:
+        """Discard the session opened ahead (its spec is not wanted, or it went stale)."""
+        with self._lock:
+            ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead.close()
+
+    def release(self, session: AcpSession) -> None:
+        """A request's session ended; a retiring process closes with its last one."""
+        with self._lock:
+            self.active.discard(session)
+            self.unsent.discard(session)
+            self.last_used = time.monotonic()
+            last = not self.active and (self.retire_reason is not None or self.exited)
+            self._lock.notify_all()
+        if last:
+            self.close()
+        else:
+            self.on_change(self)
+
+    def open(self, session: AcpSession) -> tuple[dict[str, Any] | None, str]:
+        """Open `session`'s ACP session: (the `session/new` answer or None, what went wrong).
+
+        Sessions with the process's system prompt open at once (one `session/new` at a time); one
+        with another waits, in arrival order, until no session is `unsent`, then switches the file.
+        A session waiting to switch holds back later ones of the current prompt, so that it is not
+        starved."""
+        text = session.spec.system_text
+        stale: AcpSession | None = None
+        with self._lock:
+            ticket = next(self._tickets)
+            self._waiting.append((ticket, text))
+            try:
+                while True:
+                    if session.cancelled or self.exited:
+                        return None, "abandoned"
+                    switcher = next((t for t, x in self._waiting if x != self.system_text), None)
+                    if text == self.system_text and (switcher is None or switcher > ticket):
+                        break
+                    if text != self.system_text and switcher == ticket and not self.unsent - {session}:
+                        write_atomically(self.cli.system_file, text)
+                        self.system_text = text
+                        self.epoch += 1
+                        if self.ahead is not session:
+                            stale, self.ahead = self.ahead, None  # opened with another system prompt
+                        break
+                    self._lock.wait(0.1)  # the others' first output, or their end, wakes this
+            finally:
+                self._waiting.remove((ticket, text))
+                self._lock.notify_all()
+            session.epoch = self.epoch
+            self.unsent.add(session)
+        if stale is not None:
+            stale.close()
+        return self._new_session(session)
+
+    def _new_session(self, session: AcpSession) -> tuple[dict[str, Any] | None, str]:
+        with self._open_lock:
+            if session.cancelled:
+                return None, "abandoned"
+            session.lay_out()
+            reply = _Reply()
+
+            def opened(message: dict[str, Any]) -> None:
+                session_id = (message.get("result") or {}).get("sessionId")
+                if isinstance(session_id, str):
+                    with self._lock:
+                        self._sessions[session_id] = session
+                    session.session_id = session_id
+                reply(message)
+
+            session.handed_at = time.perf_counter()
+            self.request("session/new", {"cwd": str(session.cwd), "mcpServers": []}, opened)
+            return reply.wait(OPEN_TIMEOUT), "timeout"
+
+    def opened_ahead(self, session: AcpSession) -> None:
+        """A session opened ahead is open: until a request takes it, it holds no system prompt."""
+        with self._lock:
+            if session.taken:
+                return
+            self.unsent.discard(session)
+            self._lock.notify_all()
+        self.on_change(self)
+
+    def sent(self, session: AcpSession) -> None:
+        """`session`'s API request has gone out (or will not): it no longer holds the system prompt."""
+        with self._lock:
+            if session in self.unsent:
+                self.unsent.discard(session)
+                self._lock.notify_all()
+            else:
+                return
+        self.on_change(self)
+
+    def at_rest(self, session: AcpSession) -> None:
+        with self._lock:
+            if session.session_id is not None:
+                self._sessions.pop(session.session_id, None)
+
+    # -- JSON-RPC --------------------------------------------------------------------------
+
+    def request(self, method: str, params: dict[str, Any], on_answer: Callable[[dict[str, Any]], None]) -> None:
+        request_id = next(self._ids)
+        with self._lock:
+            self._replies[request_id] = on_answer
+        if not self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}):
+            with self._lock:
+                self._replies.pop(request_id, None)
+            on_answer({"error": {"code": None, "message": "the gemini process no longer reads its input"}})
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        self._send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def _send(self, message: dict[str, Any]) -> bool:
+        data = (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        return self.cli.write(data)
+
+    def _initialized(self, message: dict[str, Any]) -> None:
+        if "error" not in message:
+            self.capabilities = message.get("result") or {}
+            self.ready_at = time.monotonic()
+            self.rss_at_ready = self.cli.rss_kb()
+        else:
+            self.retire(f"initialize failed: {message['error']}")
+        self.ready.set()
+        self.on_change(self)
+
+    def _dispatch(self, message: Any) -> None:
+        """Every line the CLI prints: answers go to whoever asked, updates to their session."""
+        if message is EOF:
+            self._ended()
+            return
+        if "method" in message:
+            params = message.get("params") if isinstance(message.get("params"), dict) else {}
+            with self._lock:
+                session = self._sessions.get(params.get("sessionId"))
+            if "id" in message:  # a request of the agent's
+                self._answer_agent(message)
+            elif message["method"] == "session/update" and session is not None:
+                session.deliver(("update", params.get("update") or {}))
+            return
+        with self._lock:
+            handler = self._replies.pop(message.get("id"), None) if isinstance(message.get("id"), int) else None
+        if handler is None:
+            # An answer (or error) nobody asked for: the protocol state is unknown from here on.
+            self.retire(f"a JSON-RPC message it cannot attribute: {json.dumps(message)[:200]}")
+            return
+        handler(message)
+
+    def _answer_agent(self, message: dict[str, Any]) -> None:
+        """Requests the agent makes of its client: no permission is granted (trusted tools need
+        none), no file or terminal is offered."""
+        if message["method"] == "session/request_permission":
+            self._send({"jsonrpc": "2.0", "id": message["id"], "result": {"outcome": {"outcome": "cancelled"}}})
+        else:
+            self._send({"jsonrpc": "2.0", "id": message["id"],
+                        "error": {"code": -32601, "message": "not supported"}})
+
+    def _ended(self) -> None:
+        """Stdout ended: the process is gone (or going); every session and question gets that."""
+        self.exited = True
+        with self._lock:
+            replies, self._replies = list(self._replies.values()), {}
+            sessions = set(self._sessions.values()) | self.active
+            self._lock.notify_all()
+        for handler in replies:
+            handler({"error": {"code": None, "message": "the gemini process ended"}, "eof": True})
+        for session in sessions:
+            session.deliver(EOF)
+        self.ready.set()
+        self.on_change(self)
 
 
-def read_acp_answer(run: CliRun, prompt: Prompt, *, model: str, cli_model: str, deadlines: Deadlines,
-                    heartbeat: float, shape: AnswerShape | None = None,
-                    client_gone: Callable[[], bool] = lambda: False) -> Iterator[Delta | Thinking | Silence | Finished]:
-    """One ACP session on `run` (prepared with `prepare_session`): its answer's events."""
-    shape = shape or AnswerShape(tool_names={})
-    state = {"output": False}
+class AcpSession:
+    """A request's run over ACP: one session on an AcpProcess (the driver the gateway reads)."""
 
-    def failed(message: str = "", status: int | None = None, still_up: bool = False) -> ApiError:
+    def __init__(self, process: AcpProcess, spec: RunSpec, shape: AnswerShape | None, from_pool: bool,
+                 ahead: bool = False):
+        self.process = process
+        self.spec = spec
+        self.shape = shape  # given by the request (`take`), for a session opened ahead
+        self.from_pool = from_pool  # the process was running before this request came
+        self.opened_ahead = ahead  # opened before any request wanted it (proxy/cli/pool.py)
+        self.taken = False  # an ahead session given to a request
+        self.cwd = process.cli.dir / f"{SESSION_PREFIX}{secrets.token_hex(4)}"
+        self.session_id: str | None = None
+        self.epoch = -1
+        self.handed_at: float | None = None  # time.perf_counter() when the CLI was given the request
+        self.cancelled = False
+        self.exit_code: int | None = None
+        self._prompt: Prompt | None = None
+        self._prompt_sent = False
+        self._at_rest = True  # no prompt running
+        self._closed = False
+        self._opened = threading.Event()  # opened (for an ahead session)
+        self._open_error: ApiError | None = None
+        self._listener: ToolCallListener | None = None
+        self._inbox = Inbox()
+        self._wait = 0.0
+        self._reader = self._read()
+        self._cancel_timer: threading.Timer | None = None
+        self._lock = threading.RLock()  # a failed write answers the prompt at once, under it
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.cli.pid
+
+    @property
+    def spawn_ms(self) -> float | None:
+        return None if self.from_pool else self.process.cli.spawn_ms
+
+    # -- the driver interface -------------------------------------------------------------
+
+    def open_ahead(self) -> None:
+        """Open the session now (in the background), to be given a request of its spec later."""
+        threading.Thread(target=self._open, name="acp-ahead", daemon=True).start()
+
+    def usable_ahead(self, epoch: int) -> bool:
+        """Opened without error with the system prompt file of `epoch`, or still opening."""
+        if self._closed or self._open_error is not None:
+            return False
+        return not self._opened.is_set() or self.epoch == epoch
+
+    def send(self, prompt: Prompt) -> None:
+        """Open the session (unless opened ahead) and send the prompt, in the background: the
+        gateway reads the events meanwhile, with its heartbeats and deadlines."""
+        self._prompt = prompt
+        threading.Thread(target=self._open_and_prompt, name="acp-session", daemon=True).start()
+
+    def next_event(self, timeout: float) -> AnswerEvent | None:
+        """The answer's next event, or None when nothing came within `timeout` seconds; raises the
+        ApiError of a failed run."""
+        self._wait = timeout
+        return next(self._reader, None)
+
+    def cancel(self) -> None:
+        """The answer is no longer wanted: stop the prompt (or never send it)."""
+        with self._lock:
+            self.cancelled = True
+            running = self._prompt_sent and not self._at_rest and self._cancel_timer is None
+            if running:
+                self._cancel_timer = threading.Timer(CANCEL_TIMEOUT, self._cancel_not_confirmed)
+                self._cancel_timer.daemon = True
+        if running:
+            self.process.notify("session/cancel", {"sessionId": self.session_id})
+            self._cancel_timer.start()
+
+    def close(self) -> None:
+        """End the request's session: cancel what runs, stop its MCP server, delete its files once
+        at rest, give its place back (idempotent, never raises)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if not self._at_rest:
+                self.cancel()
+            self.cancelled = True  # a session still opening stops there
+            if self._listener is not None:
+                self._listener.close()  # its MCP server exits
+            if self._at_rest:
+                self._remove_files()
+        except Exception:  # noqa: BLE001 - close() must not raise
+            log.exception("closing an ACP session failed")
+        self.process.release(self)
+        if self.process.cli.closed:
+            self.exit_code = self.process.cli.returncode
+
+    # -- what the process hands it -----------------------------------------------------
+
+    def deliver(self, item: Any) -> None:
+        """An update, the prompt's answer, a tool call report, EOF or an ApiError, in order."""
+        if isinstance(item, tuple) and item[0] == "update" and item[1].get("sessionUpdate") in OUTPUT_UPDATES \
+                and self.process.config["PROXY_CLI_MAX_ATTEMPTS"] <= 1:
+            self.process.sent(self)  # a response is streaming: its request went out
+        self._inbox.put(item)
+
+    def lay_out(self) -> None:
+        """The session's cwd with its workspace settings and, for client tools, its MCP server's
+        files and the listener for its reports."""
+        self.cwd.mkdir(mode=0o700)
+        (self.cwd / ".gemini").mkdir(mode=0o700)
+        settings = self.spec.session_settings(self.cwd / ".gemini", _core_tools(self.process.config))
+        if settings:
+            (self.cwd / ".gemini" / "settings.json").write_text(json.dumps(settings), encoding="utf-8")
+        if self.spec.tools:
+            (self.cwd / ".gemini" / TOOLS_FILE).write_text(json.dumps(self.spec.tool_declarations()),
+                                                           encoding="utf-8")
+            self._listener = ToolCallListener(self.cwd / ".gemini" / TOOL_SOCKET,
+                                              lambda report: self.deliver(("tool", report)))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Wait for the process, then open the session and set its model; errors are kept for
+        the request."""
+        try:
+            self._open_error = self._open_session()
+        except Exception as exc:  # noqa: BLE001 - reported to the request, never raised in a thread
+            log.exception("opening an ACP session failed")
+            self._open_error = self._failed(f"opening the session failed: {exc}")
+        finally:
+            if self.opened_ahead:
+                self.process.opened_ahead(self)
+            self._opened.set()
+
+    def _open_session(self) -> ApiError | None:
+        process = self.process
+        while not process.ready.wait(0.25):
+            if self.cancelled:
+                return None
+        if process.capabilities is None:  # `initialize` failed, or the process ended before answering
+            return self._failed("")
+        answer, why = process.open(self)
+        if answer is None:
+            if why == "timeout":
+                process.fail(f"session/new not answered within {OPEN_TIMEOUT:g} s")
+            return None if why == "abandoned" else self._failed("")
+        if answer.get("eof"):
+            return self._failed("")
+        if "error" in answer:
+            return self._error(answer)
+        reply = _Reply()
+        process.request("session/set_model", {"sessionId": self.session_id, "modelId": self.spec.cli_model}, reply)
+        answer = reply.wait(OPEN_TIMEOUT)
+        if answer is None:
+            process.fail(f"session/set_model not answered within {OPEN_TIMEOUT:g} s")
+        if answer is None or answer.get("eof"):
+            return self._failed("")
+        return self._error(answer) if "error" in answer else None
+
+    def _open_and_prompt(self) -> None:
+        if not self.opened_ahead:
+            self._open()
+        while not self._opened.wait(0.25):  # an ahead session taken while it was still opening
+            if self.cancelled:
+                self.process.sent(self)
+                return
+        if self._open_error is not None:
+            self.process.sent(self)
+            self.deliver(self._open_error)
+            return
+        if self.opened_ahead:
+            self.handed_at = time.perf_counter()  # the request begins at the prompt
+        with self._lock:  # a cancel must not overtake the prompt on the CLI's stdin
+            if self.cancelled or self.session_id is None:
+                self.process.sent(self)
+                return
+            self._prompt_sent, self._at_rest = True, False
+            self.process.request("session/prompt", {"sessionId": self.session_id, "prompt": self._prompt.blocks()},
+                                 self._prompt_answered)
+
+    def _prompt_answered(self, answer: dict[str, Any]) -> None:
+        with self._lock:
+            self._at_rest = True
+            timer, self._cancel_timer = self._cancel_timer, None
+            closed = self._closed
+        if timer is not None:
+            timer.cancel()
+        self.process.sent(self)
+        self.process.at_rest(self)
+        if closed:
+            self._remove_files()
+        self.deliver(("result", answer))
+
+    def _cancel_not_confirmed(self) -> None:
+        if not self._at_rest:
+            self.process.fail(f"a cancelled prompt did not end within {CANCEL_TIMEOUT:g} s")
+
+    def _remove_files(self) -> None:
+        """The session's cwd, and what the CLI keeps for that cwd in its home."""
+        shutil.rmtree(self.cwd, ignore_errors=True)
+        gemini_home = self.process.cli.home / ".gemini"
+        for slug in _slugs(gemini_home, self.cwd):
+            for where in ("tmp", "history"):
+                shutil.rmtree(gemini_home / where / slug, ignore_errors=True)
+
+    def _read(self) -> Iterator[AnswerEvent | None]:
+        calls: list[ToolCall] = []
+        got_output = False
+        while True:
+            item = self._inbox.get(self._wait)
+            if item is None:
+                yield None
+                continue
+            if isinstance(item, ApiError):
+                raise item
+            if item is EOF:
+                raise self._failed("")
+            kind, value = item
+            if kind == "update":
+                content = value.get("content")
+                text = content.get("text") if isinstance(content, dict) else None
+                if not isinstance(text, str) or not text:
+                    continue
+                if value.get("sessionUpdate") == "agent_thought_chunk":
+                    got_output = True
+                    yield Thinking(text[len(EMPTY_SUBJECT):] if text.startswith(EMPTY_SUBJECT) else text)
+                elif value.get("sessionUpdate") == "agent_message_chunk":
+                    got_output = True
+                    yield Delta(text)
+            elif kind == "tool":
+                call = self.shape.client_call(value.get("name"), value.get("arguments"), calls)
+                if call is not None:
+                    calls.append(call)
+                    yield ToolCalled(call)
+            elif kind == "result":
+                if "error" in value:
+                    if value.get("eof"):
+                        raise self._failed("")
+                    raise self._error(value)
+                yield _finished(value.get("result") or {}, got_output, bool(calls), self.shape)
+                return
+
+    def _failed(self, message: str, status: int | None = None, still_up: bool = False) -> ApiError:
+        """The ApiError for this session's failure, from what the process says or how it ended."""
+        cli = self.process.cli
         # A process that answered with a JSON-RPC error is still up (ACP survives API errors):
         # waiting for its exit would only delay the error. One whose output ended may take a while.
-        exit_code = run.finish(timeout=0 if still_up else 5.0)
-        return classify_failure(exit_code, message, run.stderr_tail, model, cli_model, status)
+        exit_code = cli.finish(timeout=0 if still_up else 5.0)
+        model = self.shape.model if self.shape else self.spec.cli_model
+        return classify_failure(exit_code, message, cli.stderr_tail, model, self.spec.cli_model, status)
 
-    def send(message: dict[str, Any]) -> None:
-        try:
-            run.send(message)
-        except BrokenPipeError:
-            raise failed() from None
-
-    def request(request_id: int, method: str, params: dict[str, Any]) -> Iterator[Silence]:
-        """Send one request and wait for its answer (its result goes into `replies`)."""
-        send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        for event in stream:
-            if isinstance(event, Silence):
-                yield event
-            elif event is EOF:
-                raise failed()
-            elif event.get("id") == request_id and "method" not in event:
-                if "error" in event:
-                    raise _error(event["error"], failed)
-                replies[request_id] = event.get("result") or {}
-                return
-            else:
-                _answer_agent_request(send, event)
-        raise failed()
-
-    replies: dict[int, dict[str, Any]] = {}
-    stream = run_events(run, deadlines, heartbeat, client_gone, lambda: state["output"])
-    own_session = run.spec is not None  # the session opened ahead is this request's (prepare_session)
-    # The process may still be initialising (a cold run, or a warm one taken early).
-    ready = run.ahead_done if own_session else run.initialized
-    while not ready.wait(0):
-        yield from _wait(ready, deadlines, heartbeat, client_gone, state)
-    if not run.acp_capabilities:  # `initialize` failed, or the process ended before answering it
-        event = run.next_event(0.5)
-        raise _error(event["error"], failed) if isinstance(event, dict) and "error" in event else failed()
-    run.handed_at = time.perf_counter()
-    if own_session:
-        answer = run.ahead_answers.get(AHEAD_NEW) or {}
-        if "error" in answer or "result" not in answer:
-            raise _error(answer["error"], failed) if "error" in answer else failed()
-        session_id = answer["result"].get("sessionId")
-    else:
-        yield from request(SESSION_NEW, "session/new", {"cwd": str(run.dir / SESSION_DIR), "mcpServers": []})
-        session_id = replies[SESSION_NEW].get("sessionId")
-        yield from request(SET_MODEL, "session/set_model", {"sessionId": session_id, "modelId": cli_model})
-    send({"jsonrpc": "2.0", "id": PROMPT, "method": "session/prompt",
-          "params": {"sessionId": session_id, "prompt": prompt.blocks()}})
-    got_text = got_thoughts = False
-    for event in stream:
-        if isinstance(event, Silence):
-            yield event
-            continue
-        if event is EOF:
-            raise failed()
-        if event.get("method") == "session/update":
-            update = (event.get("params") or {}).get("update") or {}
-            kind, content = update.get("sessionUpdate"), update.get("content") or {}
-            text = content.get("text") if isinstance(content, dict) else None
-            if not isinstance(text, str) or not text:
-                continue
-            if kind == "agent_thought_chunk":
-                got_thoughts = state["output"] = True
-                yield Thinking(text[len(EMPTY_SUBJECT):] if text.startswith(EMPTY_SUBJECT) else text)
-            elif kind == "agent_message_chunk":
-                got_text = state["output"] = True
-                yield Delta(text)
-        elif event.get("id") == PROMPT and "method" not in event:
-            if "error" in event:
-                raise _error(event["error"], failed)
-            run.answered = True
-            yield _finished(event.get("result") or {}, got_text, got_thoughts, shape)
-            return
-        else:
-            _answer_agent_request(send, event)
-    raise failed()
+    def _error(self, answer: dict[str, Any]) -> ApiError:
+        """A JSON-RPC error from the CLI: its code is the API's HTTP status for API errors."""
+        error = answer.get("error")
+        error = error if isinstance(error, dict) else {"message": str(error)}
+        code, message = error.get("code"), str(error.get("message") or "")
+        status = code if isinstance(code, int) and 400 <= code < 600 else None
+        return self._failed(message, status, still_up=True)
 
 
-def _wait(ready: threading.Event, deadlines: Deadlines, heartbeat: float, client_gone: Callable[[], bool],
-          state: dict) -> Iterator[Silence]:
-    """Wait for `ready` up to one heartbeat; Silence if it did not come."""
-    left, which = deadlines.remaining(state["output"])
-    if left <= 0:
-        raise deadline_error(which, deadlines)
-    if not ready.wait(min(heartbeat, left)):
-        if client_gone():
-            raise ClientGone()
-        yield Silence()
-
-
-def _error(error: Any, failed: Callable[..., ApiError]) -> ApiError:
-    """A JSON-RPC error from the CLI: its code is the API's HTTP status for API errors."""
-    error = error if isinstance(error, dict) else {"message": str(error)}
-    code, message = error.get("code"), str(error.get("message") or "")
-    status = code if isinstance(code, int) and 400 <= code < 600 else None
-    return failed(message, status, still_up=True)
-
-
-def _finished(result: dict[str, Any], got_text: bool, got_thoughts: bool, shape: AnswerShape) -> Finished:
+def _finished(result: dict[str, Any], got_output: bool, called: bool, shape: AnswerShape) -> Finished:
     counts = ((result.get("_meta") or {}).get("quota") or {}).get("token_count") or {}
     prompt_tokens, output = int(counts.get("input_tokens") or 0), int(counts.get("output_tokens") or 0)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": output, "total_tokens": prompt_tokens + output}
+    if called:
+        return Finished("tool_calls", usage)
     stop = result.get("stopReason")
     if stop == "max_tokens" or (shape.max_output_tokens and output >= shape.max_output_tokens):
         return Finished("length", usage)
-    if not got_text and not got_thoughts and output == 0:
+    if not got_output and output == 0:
         # ACP ends a safety block as an empty end_turn (headless says "blocked"): the same here.
         return Finished("content_filter", usage)
     return Finished("stop", usage)
 
 
-def _answer_agent_request(send: Callable[[dict], None], event: Any) -> None:
-    """Requests the agent makes of its client: no permission is granted, no file or terminal
-    is offered (the gateway's runs have no tools), so the turn goes on without them."""
-    if not isinstance(event, dict) or "method" not in event or "id" not in event:
-        return  # a notification (commands, plans, ...) or a stray answer: nothing to do
-    if event["method"] == "session/request_permission":
-        send({"jsonrpc": "2.0", "id": event["id"], "result": {"outcome": {"outcome": "cancelled"}}})
-    else:
-        send({"jsonrpc": "2.0", "id": event["id"], "error": {"code": -32601, "message": "not supported"}})
+def _core_tools(config: Mapping[str, Any]) -> list[str]:
+    return READ_ONLY_TOOLS if config["PROXY_TOOLS"] == "read-only" else []
+
+
+def _slugs(gemini_home: Path, cwd: Path) -> set[str]:
+    """The names the CLI files a cwd's state under (projects.json maps paths to them)."""
+    slugs = {cwd.name.lower()}
+    try:
+        projects = json.loads((gemini_home / "projects.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return slugs
+    for mapping in (projects, projects.get("projects") if isinstance(projects, dict) else None):
+        if isinstance(mapping, dict) and isinstance(mapping.get(str(cwd)), str):
+            slugs.add(mapping[str(cwd)])
+    return {slug for slug in slugs if slug and "/" not in slug and slug not in (".", "..")}

@@ -88,10 +88,11 @@ def find_user_auth(config_dir: str, environ: Mapping[str, str] | None = None) ->
 
 
 def cli_settings(auth_type: str | None, max_attempts: int, tools: str, client_tools: list[str] = (),
-                 mcp_servers: dict[str, Any] | None = None,
-                 model_configs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The settings.json every run gets; `client_tools`, `mcp_servers` and `model_configs` are
-    what a request adds (its tools' names and server, its generation settings)."""
+                 mcp_servers: dict[str, Any] | None = None, model_configs: dict[str, Any] | None = None,
+                 max_session_turns: int | None = None) -> dict[str, Any]:
+    """The settings.json every process gets; `client_tools`, `mcp_servers` and `model_configs` are
+    what a request adds (its tools' names and server, its generation settings): in the CLI home
+    for a headless run, in the session's own workspace settings over ACP (proxy/cli/acp.py)."""
     settings: dict[str, Any] = {
         # The CLI's own telemetry costs two requests to Google per run.
         "privacy": {"usageStatisticsEnabled": False},
@@ -106,6 +107,10 @@ def cli_settings(auth_type: str | None, max_attempts: int, tools: str, client_to
         # The workspace is an empty temp dir: its tree is noise in every request.
         "context": {"includeDirectoryTree": False},
     }
+    if max_session_turns:
+        # One model turn a prompt: a turn that calls tools ends before their results go back
+        # to the API (proxy/cli/mcp_tool_server.py), and no request ever makes two API calls.
+        settings["model"] = {"maxSessionTurns": max_session_turns}
     if auth_type:
         settings["security"] = {"auth": {"selectedType": auth_type}}
     if mcp_servers:

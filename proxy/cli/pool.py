@@ -1,65 +1,73 @@
-"""WarmPool: gemini processes started ahead of the requests that will use them.
+"""ProcessPool: the ACP processes of a worker, and which request's session goes on which.
 
-The CLI spends ~1 s initialising before it can take a prompt; a process started early answers
-~30-70 ms after it is given one. What a process fixes at start-up is its key,
-a RunSpec: model, system prompt, settings and tools (headless runs, requests with client tools),
-or model, system prompt and settings (ACP runs, requests without; proxy/cli/acp.py). An ACP
-process has opened its session for its key ahead of the request, so a request of that key
-starts at the prompt; a request of another ACP key can still take it (opening a session of
-its own, ~40 ms more) before it is served cold. Keys are learned from traffic, the
-PROXY_POOL_KEYS most recently requested kept.
+Processes belong to a tenant (the API key a request came with; everyone when no keys are set)
+and never serve another: a lab server's users stay in separate processes. How a process is
+used is PROXY_ISOLATION:
+- `session` (default): a process serves up to PROXY_PROCESS_MAX_SESSIONS sessions at once and
+  PROXY_PROCESS_MAX_REQUESTS in its life, each request a fresh session of its own
+  (proxy/cli/acp.py), so warm answers cost a session (~40 ms), not a start-up (~1.3 CPU-s).
+- `process`: a process serves one request and is closed with it (what the pool did before
+  sessions were shared); warm processes are started ahead for it.
+With PROXY_POOL_SIZE=0 nothing is kept warm: every request starts a process of its own.
 
-How many processes a key keeps is sized from its traffic: a burst needs as many processes as
-arrive within one start-up. The pool remembers each key's arrivals of the last BURST_MEMORY
-seconds and its processes' measured start-up time, and keeps the largest number of arrivals
-seen within one start-up time (at least PROXY_POOL_SIZE, at most PROXY_POOL_MAX for the whole
-worker). A key not requested for PROXY_POOL_MAX_IDLE seconds keeps nothing.
+How many processes a tenant keeps comes from its traffic: a burst needs as many sessions as
+arrive within one start-up. The pool remembers each tenant's arrivals of the last
+BURST_MEMORY seconds and the measured start-up time, and keeps room for the largest number of
+arrivals seen within one start-up on top of the sessions running (at least PROXY_POOL_SIZE
+processes, at most PROXY_POOL_MAX for the whole worker). A tenant without requests for
+PROXY_POOL_MAX_IDLE seconds keeps nothing. A process is retired (it takes no more sessions and
+is closed once its own have ended, a replacement starting beforehand) after
+PROXY_PROCESS_MAX_REQUESTS requests, PROXY_PROCESS_MAX_AGE seconds, RSS growth past
+PROXY_PROCESS_MAX_GROWTH_MB, or anything it could not end cleanly (proxy/cli/acp.py: an
+unconfirmed cancel, a JSON-RPC message it cannot attribute, a crash).
 
-Each warm process is an ordinary CliRun laid out by `runs.spawn_run`, exactly as a cold run
-(own run dir, CLI home, TMPDIR, process group, RunLimiter slot), and is used once. One
-background thread (a greenlet under gevent) per worker spawns replacements, at most
-MAX_STARTING at a time (start-ups compete for the same CPUs as the requests), recycles
-processes older than PROXY_POOL_MAX_IDLE seconds (credentials and the date in the prompt
-are fixed at start-up), and closes processes that died while idle; `take()` checks again, so
-a dead process is never handed out. Warm processes take free slots only (`try_acquire`,
-never queueing), and a request that needs a slot gets one by closing the oldest idle warm
-process (the reclaimer). Nothing is spawned before the first request of a worker, and
-the pool stops and closes everything in `cli_run.close_all_runs` (gunicorn's worker_exit).
+A process opens a session ahead for the spec of the request it last served (the one it was
+started for, in `process` mode), so that the next request of that spec (an agent's next turn,
+a client's next message) starts at the prompt.
+
+Processes hold RunLimiter slots (each ~250 MB). Background start-ups take free slots only and
+never queue; at most MAX_STARTING start at a time (start-ups compete for the CPUs the requests
+use). The upkeep runs in one background thread (a greenlet under gevent) per worker, started by
+the first request, and the pool closes everything in `process.close_all` (worker exit).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..service.limits import RunLimiter
+from ..service.errors import ApiError
+from ..service.limits import RunLimiter, Slot
 from . import process
-from .home import find_user_auth
-from .process import CliRun
-from .spec import RunSpec
+from .acp import AcpProcess, AcpSession
+from .home import UserAuth, find_user_auth
+from .spec import AnswerShape, RunSpec
 
 log = logging.getLogger(__name__)
 
-Key = RunSpec  # what a CLI process fixes at start-up
-
-TICK = 0.25  # seconds between checks of the idle processes (start-ups finish, processes die)
-BURST_MEMORY = 120.0  # seconds of arrivals a key's size is computed from
-MAX_STARTING = 2  # processes initialising at once (each takes ~1.25 CPU-seconds)
+TICK = 0.25  # seconds between upkeep rounds (start-ups finish, processes die, traffic ends)
+MEMORY_CHECK = 2.0  # seconds between RSS checks of a process
+BURST_MEMORY = 120.0  # seconds of arrivals a tenant's burst size is computed from
+MAX_STARTING = 2  # processes initialising at once (each takes ~1.3 CPU-seconds)
 DEFAULT_STARTUP = 1.5  # seconds a start-up is assumed to take until one has been measured
-# No start-up begins sooner than this after a request took a process (and none within one start-up
-# time after a request had to start its own): requests arriving together (a burst, Open WebUI's
-# follow-ups) get the CPUs first; the stock is refilled once they are going.
+# No background start-up sooner than this after a request found no warm process (and none within
+# one start-up time after a request had to start its own): requests arriving together get the
+# CPUs first; the stock is refilled once they are going.
 REFILL_DELAY = 0.5
-RECLAIM_PAUSE = 5.0  # after a request reclaimed a warm process's slot, no refill for this long
-MAX_DEATH_BACKOFF = 60.0  # a key whose processes keep dying is retried at most this rarely
+REPLACE_AHEAD = 5  # requests before PROXY_PROCESS_MAX_REQUESTS at which a replacement starts
+MAX_DEATH_BACKOFF = 60.0  # a tenant whose processes keep dying is retried at most this rarely
 
 
 class _NoMetric:
+    def labels(self, *args: str) -> _NoMetric:
+        return self
+
     def inc(self, amount: float = 1) -> None:
         pass
 
@@ -67,44 +75,45 @@ class _NoMetric:
         pass
 
 
-def _make_metrics() -> tuple[Any, Any, Any]:
+def _make_metrics() -> tuple[Any, ...]:
     """Prometheus metrics, per worker; summed over workers when PROMETHEUS_MULTIPROC_DIR is set."""
     try:
         from prometheus_client import Counter, Gauge
 
         return (
-            Gauge("gemini_proxy_warm_processes", "Warm gemini processes waiting for a request",
+            Gauge("gemini_proxy_warm_processes", "gemini processes started and ready for a request",
                   multiprocess_mode="livesum"),
-            Counter("gemini_proxy_warm_hits", "Chat requests served by a warm gemini process"),
-            Counter("gemini_proxy_warm_misses", "Chat requests that had to start a gemini process"),
+            Counter("gemini_proxy_warm_hits", "Requests served by a gemini process that was already running"),
+            Counter("gemini_proxy_warm_misses", "Requests that had to wait for a gemini process to start"),
+            Gauge("gemini_proxy_cli_processes", "gemini ACP processes alive (starting, serving, retiring)",
+                  multiprocess_mode="livesum"),
+            Gauge("gemini_proxy_sessions_active", "Requests being answered in a session of a pooled process",
+                  multiprocess_mode="livesum"),
+            Counter("gemini_proxy_process_retirements", "gemini processes retired, by reason", ["reason"]),
         )
     except Exception as exc:  # noqa: BLE001 - no client library, or an unusable multiprocess dir
-        log.warning("warm pool metrics disabled: %s", exc)
-        return _NoMetric(), _NoMetric(), _NoMetric()
+        log.warning("pool metrics disabled: %s", exc)
+        return (_NoMetric(),) * 6
 
 
-WARM_PROCESSES, WARM_HITS, WARM_MISSES = _make_metrics()
-
-
-@dataclass
-class _Warm:
-    run: CliRun
-    key: Key
-    born: float  # time.monotonic() at spawn
-    ready_seen: bool = False
+WARM_PROCESSES, WARM_HITS, WARM_MISSES, CLI_PROCESSES, SESSIONS_ACTIVE, RETIREMENTS = _make_metrics()
 
 
 @dataclass
-class _KeyTraffic:
-    """A key's recent arrivals, and the processes kept for it."""
+class _Tenant:
+    """A tenant's recent arrivals, and the spec it asked for last."""
 
-    idle: list[_Warm] = field(default_factory=list)
     arrivals: deque = field(default_factory=deque)  # time.monotonic() of requests, BURST_MEMORY long
     last: float | None = None  # the latest request, however long ago
+    last_spec: RunSpec | None = None
+    repeating: bool = False  # its last two requests had the same spec (an agent loop, a client's chat)
+    deaths: int = 0  # processes in a row that died before serving
+    no_spawn_before: float = 0.0
 
-    def arrive(self, now: float) -> None:
+    def arrive(self, now: float, spec: RunSpec) -> None:
         self.arrivals.append(now)
-        self.last = now
+        self.repeating = spec == self.last_spec
+        self.last, self.last_spec = now, spec
         self.forget(now)
 
     def forget(self, now: float) -> None:
@@ -121,135 +130,228 @@ class _KeyTraffic:
         return best
 
 
-class WarmPool:
-    def __init__(self, config: Mapping[str, Any], limiter: RunLimiter, size: int, max_keys: int,
-                 max_idle: float, max_total: int | None = None):
+class ProcessPool:
+    def __init__(self, config: Mapping[str, Any], limiter: RunLimiter):
         self.config = config
         self.limiter = limiter
-        self.size = size  # the least a key in use keeps
-        self.max_keys = max_keys
-        self.max_idle = max_idle
-        self.max_total = max(size, max_total if max_total is not None else size * max_keys)
+        self.size = config["PROXY_POOL_SIZE"]  # the fewest processes a tenant in use keeps; 0: no pool
+        self.warm = self.size > 0
+        self.isolation = config["PROXY_ISOLATION"] if self.warm else "process"
+        shared = self.isolation == "session"
+        self.max_sessions = config["PROXY_PROCESS_MAX_SESSIONS"] if shared else 1
+        self.max_requests = config["PROXY_PROCESS_MAX_REQUESTS"] if shared else 1
+        self.max_total = max(self.size, config["PROXY_POOL_MAX"])
+        self.max_idle = config["PROXY_POOL_MAX_IDLE"]
+        self.max_age = config["PROXY_PROCESS_MAX_AGE"]
+        self.max_growth_kb = config["PROXY_PROCESS_MAX_GROWTH_MB"] * 1024
         self.startup = DEFAULT_STARTUP  # measured: seconds from spawn to ready, smoothed
-        self.hits = self.misses = self.spawned = self.recycled = self.died = self.reclaimed = 0
-        self._keys: OrderedDict[Key, _KeyTraffic] = OrderedDict()  # least recently requested first
-        self._doomed: list[tuple[CliRun, str]] = []  # taken out of the pool, to close in the background
-        self._deaths: dict[Key, tuple[int, float]] = {}  # key -> (deaths in a row, no spawn before)
-        self._refill_after = 0.0
-        self._lock = threading.Lock()
+        self.hits = self.misses = self.spawned = self.died = self.reclaimed = 0
+        self.retired: dict[str, int] = {}
+        self._processes: list[AcpProcess] = []
+        self._tenants: dict[str, _Tenant] = {}
+        self._cond = threading.Condition(threading.RLock())
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._refill_after = 0.0
+        self._memory_checked = 0.0
         self._closed = False
         limiter.reclaimers.append(self.reclaim)
         process.before_close_all.append(self.close)
 
     # -- the request side ---------------------------------------------------------------
 
-    def take(self, key: RunSpec) -> CliRun | None:
-        """A warm process for this key (its slot comes with it), or None: serve the request cold.
-        Either way the key is learned; call `wake()` once the request has its run."""
+    def take(self, spec: RunSpec, shape: AnswerShape, tenant: str, auth: UserAuth) -> AcpSession:
+        """A session for this request, on a warm process of its tenant or a new one (its start-up
+        then runs while the request waits); a 429 when the worker has no room for either."""
         now = time.monotonic()
-        found: _Warm | None = None
-        with self._lock:
+        with self._cond:
             if self._closed:
-                return None
-            self._start()
-            if key in self._keys:
-                self._keys.move_to_end(key)
-            else:
-                self._keys[key] = _KeyTraffic()
-                while len(self._keys) > self.max_keys:
-                    _, evicted = self._keys.popitem(last=False)
-                    self._doomed.extend((w.run, "key evicted") for w in evicted.idle)
-            traffic = self._keys[key]
-            traffic.arrive(now)
-            self._sweep(key, traffic.idle, now)
-            found = self._pick(traffic.idle)
-            if found is None and key.interface == "acp":
-                # Any ACP process can serve the request: it opens a session for it (proxy/cli/acp.py).
-                # The least recently requested keys give first.
-                for other, other_traffic in self._keys.items():
-                    if other != key and other.interface == "acp":
-                        self._sweep(other, other_traffic.idle, now)
-                        found = self._pick([w for w in other_traffic.idle if w.run.ready()])
-                        if found is not None:
-                            break
+                raise ApiError(503, "The gateway is shutting down.", code="shutting_down")
+            if self.warm:
+                self._start()
+                traffic = self._tenants.setdefault(tenant, _Tenant())
+                traffic.arrive(now, spec)
+            session = self._place(spec, shape, tenant)
             self._refill_after = max(self._refill_after, now + REFILL_DELAY)
-            if found is not None:
-                self._keys[found.key].idle.remove(found)
-                self.hits += 1
-                self._deaths.pop(found.key, None)
-            else:
-                self.misses += 1
-                # This request starts a process of its own: no warm start-up competes with it.
+            if session is None and self.warm:
+                # This request starts a process of its own: no background start-up competes with it.
                 self._refill_after = max(self._refill_after, now + self.startup)
-        (WARM_HITS if found else WARM_MISSES).inc()
+        if session is None:
+            session = self._spawn_for(spec, shape, tenant, auth)
+        if session.from_pool:
+            self.hits += 1
+            WARM_HITS.inc()
+        else:
+            self.misses += 1
+            WARM_MISSES.inc()
+        self.wake()
         self._publish()
-        if found is None:
-            return None
-        return found.run
+        return session
 
     def wake(self) -> None:
-        """Have the background thread close what was dropped and spawn what is missing."""
+        """Have the upkeep run now (close what ended, start what is missing)."""
         self._wake.set()
 
     def reclaim(self) -> bool:
-        """RunLimiter reclaimer: close the oldest idle warm process so a request gets its slot."""
-        with self._lock:
-            candidates = self._all_idle()
-            if not candidates:
+        """RunLimiter reclaimer: close the least recently used idle process so a request gets its slot."""
+        with self._cond:
+            idle = [p for p in self._processes if not p.active and p.ready.is_set()]
+            if not idle:
                 return False
-            oldest = min(candidates, key=lambda w: w.born)
-            self._keys[oldest.key].idle.remove(oldest)
+            oldest = min(idle, key=lambda p: p.last_used)
+            oldest.retire("evicted")
             self.reclaimed += 1
-            self._refill_after = time.monotonic() + RECLAIM_PAUSE
-        oldest.run.close()  # releases its slot
-        self._publish()
+        oldest.close()
         return True
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
-        with self._lock:
-            idle = self._all_idle()
-            return {"size": len(idle), "ready": sum(1 for w in idle if w.run.ready()), "keys": len(self._keys),
-                    "target": sum(self._target(t, now) for t in self._keys.values()),
-                    "startup_s": round(self.startup, 3), "hits": self.hits, "misses": self.misses,
-                    "spawned": self.spawned, "recycled": self.recycled, "died": self.died,
-                    "reclaimed": self.reclaimed}
+        with self._cond:
+            processes = list(self._processes)
+            return {
+                "isolation": self.isolation, "size": sum(1 for p in processes if self._ready_for_more(p)),
+                "ready": sum(1 for p in processes if p.ready.is_set() and not p.exited),
+                "processes": len(processes), "tenants": len(self._tenants),
+                "sessions": sum(len(p.active) for p in processes),
+                "target": sum(self._wanted(t, tenant, now) for tenant, t in self._tenants.items()),
+                "startup_s": round(self.startup, 3), "hits": self.hits, "misses": self.misses,
+                "spawned": self.spawned, "died": self.died, "reclaimed": self.reclaimed, "retired": dict(self.retired),
+                "max_sessions": self.max_sessions, "max_requests": self.max_requests,
+                "detail": [{"pid": p.cli.pid, "active": len(p.active), "served": p.served,
+                            "ready": p.ready.is_set(), "retiring": p.retire_reason,
+                            "ahead": p.ahead is not None, "age_s": round(now - p.born, 1)} for p in processes],
+            }
 
-    def close(self) -> None:
-        """Stop spawning and close every idle warm process (worker exit, app teardown)."""
-        with self._lock:
+    def close(self) -> int:
+        """Stop starting processes and close every one (worker exit, app teardown); returns how many
+        requests were still being answered on them."""
+        with self._cond:
             if self._closed:
-                return
+                return 0
             self._closed = True
+            processes = list(self._processes)
+            cut = sum(len(p.active) for p in processes)
+            self._cond.notify_all()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            # Let a spawn in progress finish; the thread closes what it spawned once it sees _closed.
             thread.join(timeout=float(self.config.get("PROXY_KILL_GRACE", 2.0)) + 10)
-        with self._lock:
-            runs = [w.run for w in self._all_idle()] + [run for run, _ in self._doomed]
-            self._keys.clear()
-            self._doomed.clear()
-        for run in runs:
-            run.close()
+        for p in processes:
+            p.retire("closing")
+            p.close()
+        with self._cond:
+            self._processes.clear()
         self._publish()
+        for hooks, hook in ((self.limiter.reclaimers, self.reclaim), (process.before_close_all, self.close)):
+            try:
+                hooks.remove(hook)
+            except ValueError:
+                pass
+        return cut
+
+    # -- placing a request ----------------------------------------------------------------
+
+    def _place(self, spec: RunSpec, shape: AnswerShape, tenant: str) -> AcpSession | None:
+        """A session on a process that is running or starting (under the lock), or None."""
+        mine = [p for p in self._processes if p.tenant == tenant and not p.exited]
+        for p in mine:
+            ahead = p.take_ahead(spec)
+            if ahead is not None:
+                ahead.shape = shape
+                ahead.from_pool = p.ready.is_set()  # else the request waits for the rest of its start-up
+                return ahead
+        usable = [p for p in mine if p.usable]
+        # A ready process that can open it now, one with the same system prompt first, then the least
+        # busy; else one still starting (the request waits for the rest of its start-up).
+        ready = [p for p in usable if p.ready.is_set() and p.fits_now(spec.system_text)]
+        if ready:
+            return self._reserve(min(ready, key=lambda p: (p.system_text != spec.system_text, len(p.active))),
+                                 spec, shape, True)
+        starting = [p for p in usable if not p.ready.is_set()]
+        if starting:
+            return self._reserve(min(starting, key=lambda p: (p.system_text != spec.system_text, len(p.active))),
+                                 spec, shape, False)
+        if usable and (not self.warm or self._count() >= self.max_total):
+            # No room for another process: wait on a busy one until it can switch its system prompt.
+            return self._reserve(min(usable, key=lambda p: len(p.unsent)), spec, shape, True)
+        return None
+
+    def _reserve(self, p: AcpProcess, spec: RunSpec, shape: AnswerShape, from_pool: bool) -> AcpSession:
+        if p.ahead is not None and p.ahead.spec != spec and self.isolation == "process":
+            p.drop_ahead()  # this process serves one request, and it is not the one it expected
+        session = AcpSession(p, spec, shape, from_pool=from_pool)
+        p.reserve(session)
+        return session
+
+    def _spawn_for(self, spec: RunSpec, shape: AnswerShape, tenant: str, auth: UserAuth) -> AcpSession:
+        """Start a process for this request (a run slot, queueing for one if need be, or a 429)."""
+        deadline = time.monotonic() + self.config["PROXY_QUEUE_TIMEOUT"]
+        while True:
+            with self._cond:
+                full = self.warm and self._count() >= self.max_total
+            if not full:
+                break
+            # The worker's processes are all in use: wait for room on one, or for one to go.
+            if not self._reclaim_or_wait(deadline):
+                raise self.limiter.busy(f"all {self.max_total} gemini processes (PROXY_POOL_MAX) are busy")
+            with self._cond:
+                session = self._place(spec, shape, tenant)
+            if session is not None:
+                return session
+        slot = self.limiter.acquire()  # or 429 after queueing
+        return self._new_process(slot, tenant, spec, auth, shape=shape)
+
+    def _reclaim_or_wait(self, deadline: float) -> bool:
+        if self.reclaim():
+            return True
+        with self._cond:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._cond.wait(min(left, TICK))
+        return True
+
+    def _new_process(self, slot: Slot, tenant: str, spec: RunSpec, auth: UserAuth,
+                     shape: AnswerShape | None = None) -> AcpSession | None:
+        """Start an ACP process for `tenant` holding `slot`, its system prompt file set for `spec`:
+        with a request's `shape`, the session of that request; else (a warm process) one opened ahead."""
+        p = AcpProcess(self.config, slot, tenant, self.max_sessions, self.max_requests)
+        p.on_change = self._changed
+        session = None
+        if shape is not None:
+            session = AcpSession(p, spec, shape, from_pool=False)
+            p.reserve(session)  # before the upkeep can see it: a process with a request is never shed
         try:
-            self.limiter.reclaimers.remove(self.reclaim)
-        except ValueError:
-            pass
-        try:
-            process.before_close_all.remove(self.close)
-        except ValueError:
-            pass
+            p.spawn(auth, spec.cli_model, spec.system_text)
+        except BaseException:
+            p.close()
+            raise
+        with self._cond:
+            self._processes.append(p)
+            self.spawned += 1
+        if session is None:
+            self._open_ahead(p, spec)
+        self._publish()
+        return session
+
+    def _open_ahead(self, p: AcpProcess, spec: RunSpec) -> None:
+        ahead = AcpSession(p, spec, None, from_pool=True, ahead=True)
+        with self._cond:
+            if p.ahead is not None or not p.usable:
+                return
+            p.ahead = ahead
+        ahead.open_ahead()
+
+    def _changed(self, p: AcpProcess) -> None:
+        with self._cond:
+            self._cond.notify_all()
+        self._wake.set()
 
     # -- the background side ------------------------------------------------------------
 
     def _start(self) -> None:
-        """Start the background thread on the first chat request (called under the lock)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="warm-pool", daemon=True)
+            self._thread = threading.Thread(target=self._loop, name="process-pool", daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:
@@ -261,69 +363,96 @@ class WarmPool:
             try:
                 self._tend()
             except Exception:  # noqa: BLE001 - the pool must outlive any one failure
-                log.exception("warm pool upkeep failed")
+                log.exception("process pool upkeep failed")
 
-    def _sweep(self, key: Key, idle: list[_Warm], now: float) -> None:
-        """Take out (to close later) the processes of `idle` that died or waited too long.
-        Called with the lock held."""
-        for warm in list(idle):
-            if not warm.run.waiting():
-                idle.remove(warm)
-                self._doomed.append((warm.run, "died while idle"))
-                self._note_death(key, now)
-            elif now - warm.born >= self.max_idle:
-                idle.remove(warm)
-                self._doomed.append((warm.run, "recycled"))
-                self.recycled += 1
+    def _count(self) -> int:
+        return sum(1 for p in self._processes if not p.exited)
 
-    @staticmethod
-    def _pick(idle: list[_Warm]) -> _Warm | None:
-        """The oldest that has finished initialising, else the oldest (closest to ready)."""
-        return next((w for w in idle if w.run.ready()), idle[0] if idle else None)
+    def _ready_for_more(self, p: AcpProcess) -> bool:
+        return p.usable and p.ready.is_set()
 
-    def _all_idle(self) -> list[_Warm]:
-        return [w for traffic in self._keys.values() for w in traffic.idle]
+    def _counts(self, p: AcpProcess) -> bool:
+        """Whether `p` counts as capacity for the tenant's future requests (not about to retire)."""
+        return p.usable and p.served < self.max_requests - (REPLACE_AHEAD if self.max_requests > REPLACE_AHEAD else 0)
 
-    def _target(self, traffic: _KeyTraffic, now: float) -> int:
-        """How many processes a key should keep: none once unused for PROXY_POOL_MAX_IDLE, else its
-        largest burst within one start-up (at least PROXY_POOL_SIZE, at most PROXY_POOL_MAX)."""
+    def _wanted(self, traffic: _Tenant, tenant: str, now: float) -> int:
+        """How many processes a tenant should have that can take more sessions: none once unused for
+        PROXY_POOL_MAX_IDLE, else room for its largest burst within one start-up on top of its running
+        sessions (at least PROXY_POOL_SIZE)."""
         traffic.forget(now)
         if traffic.last is None or now - traffic.last >= self.max_idle:
             return 0
-        return max(self.size, min(self.max_total, traffic.burst(self.startup)))
+        running = sum(len(p.active) for p in self._processes if p.tenant == tenant and self._counts(p))
+        room = running + max(1, traffic.burst(self.startup))
+        return max(self.size, math.ceil(room / self.max_sessions))
 
     def _tend(self) -> None:
         now = time.monotonic()
-        with self._lock:
-            for key, traffic in list(self._keys.items()):
-                self._sweep(key, traffic.idle, now)
-                self._note_startups(traffic.idle, now)
-                target = self._target(traffic, now)
-                # More than the traffic needs (a burst has passed): shed the oldest.
-                for warm in sorted(traffic.idle, key=lambda w: w.born)[:max(0, len(traffic.idle) - target)]:
-                    traffic.idle.remove(warm)
-                    self._doomed.append((warm.run, "shed"))
-                if target == 0 and not traffic.idle:
-                    del self._keys[key]  # nobody uses it any more
-            doomed, self._doomed = self._doomed, []
-        for run, why in doomed:
-            if why == "died while idle":
-                run.finish(timeout=0.5)
-                log.warning("warm gemini process %s exited while idle (code %s): %s", run.pid, run.returncode,
-                            run.stderr_tail[-500:].strip())
-            run.close()
+        check_memory = now - self._memory_checked >= MEMORY_CHECK
+        if check_memory:
+            self._memory_checked = now
+        doomed: list[AcpProcess] = []
+        with self._cond:
+            for p in list(self._processes):
+                if p.cli.closed:
+                    self._processes.remove(p)
+                    if p.served == 0 and p.retire_reason is None:
+                        self._note_death(p.tenant, now)
+                    self._note_retired(p.retire_reason or ("died" if p.served else "died before serving"))
+                    continue
+                if p.ready.is_set() and p.ready_at is not None and not getattr(p, "_startup_noted", False):
+                    p._startup_noted = True  # type: ignore[attr-defined]
+                    self.startup = 0.7 * self.startup + 0.3 * (p.ready_at - p.born)
+                    self._tenants.get(p.tenant, _Tenant()).deaths = 0
+                self._retire_if_due(p, now, check_memory)
+                if (p.retire_reason is not None or p.exited) and not p.active:
+                    doomed.append(p)
+            for tenant, traffic in list(self._tenants.items()):
+                wanted = self._wanted(traffic, tenant, now)
+                idle = sorted((p for p in self._processes if p.tenant == tenant and self._counts(p) and not p.active
+                               and p not in doomed), key=lambda p: p.last_used)
+                have = sum(1 for p in self._processes if p.tenant == tenant and self._counts(p))
+                for p in idle[:max(0, have - wanted)]:  # more than the traffic needs: shed the least used
+                    p.retire("idle" if wanted == 0 else "shed")
+                    doomed.append(p)
+                if wanted == 0 and not any(p.tenant == tenant for p in self._processes if p not in doomed):
+                    del self._tenants[tenant]  # nobody uses it any more
+        for p in doomed:
+            p.close()
+        self._refill(now)
+        self._open_aheads()
         self._publish()
-        self._refill()
 
-    def _refill(self) -> None:
-        gemini_bin = self.config.get("GEMINI_BIN")
-        if not gemini_bin or time.monotonic() < self._refill_after:
+    def _retire_if_due(self, p: AcpProcess, now: float, check_memory: bool) -> None:
+        if p.retire_reason is not None or p.exited:
             return
-        auth = None
+        if self.isolation == "process":
+            if p.ready.is_set() and not p.active and now - p.born >= self.max_idle:
+                p.retire("age")  # waited too long: its login copy and start-up state are stale
+            return
+        if now - p.born >= self.max_age:
+            p.retire("age")
+        elif check_memory and p.rss_at_ready and p.cli.rss_kb() - p.rss_at_ready > self.max_growth_kb:
+            p.retire("memory")
+
+    def _refill(self, now: float) -> None:
+        if not self.warm or self._closed or now < self._refill_after or not self.config.get("GEMINI_BIN"):
+            return
+        auth: UserAuth | None = None
         while not self._closed:
-            key = self._next_key()
-            if key is None:
-                return
+            with self._cond:
+                if (self._count() >= self.max_total
+                        or sum(1 for p in self._processes if not p.ready.is_set() and not p.exited) >= MAX_STARTING):
+                    return
+                want = None
+                for tenant, traffic in self._tenants.items():
+                    have = sum(1 for p in self._processes if p.tenant == tenant and self._counts(p))
+                    if (have < self._wanted(traffic, tenant, now) and traffic.no_spawn_before <= now
+                            and traffic.last_spec is not None):
+                        want = (tenant, traffic.last_spec)
+                        break
+                if want is None:
+                    return
             if auth is None:
                 auth = find_user_auth(self.config["PROXY_GEMINI_CONFIG"])
                 if auth.problem:
@@ -331,53 +460,48 @@ class WarmPool:
             slot = self.limiter.try_acquire()
             if slot is None:
                 return  # every slot is in use, or requests are queueing for one
-            from .runs import spawn_run  # runs imports flask; keep this module light to import
-
             try:
-                run = spawn_run(self.config, auth, slot, key)
+                self._new_process(slot, want[0], want[1], auth)
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not start a warm gemini process: %s", exc)
-                with self._lock:
-                    self._note_death(key, time.monotonic())
+                with self._cond:
+                    self._note_death(want[0], time.monotonic())
                 return
-            with self._lock:
-                keep = not self._closed and key in self._keys
-                if keep:
-                    self._keys[key].idle.append(_Warm(run, key, time.monotonic()))
-                    self.spawned += 1
-            if not keep:
-                run.close()
-            self._publish()
 
-    def _next_key(self) -> Key | None:
-        """The most recently requested key that lacks a process and is not backing off, while the
-        worker's warm processes number fewer than PROXY_POOL_MAX and fewer than MAX_STARTING are
-        still initialising."""
-        now = time.monotonic()
-        with self._lock:
-            idle = self._all_idle()
-            if len(idle) >= self.max_total or sum(1 for w in idle if not w.run.ready()) >= MAX_STARTING:
-                return None
-            for key in reversed(self._keys):
-                traffic = self._keys[key]
-                if len(traffic.idle) < self._target(traffic, now) and self._deaths.get(key, (0, 0.0))[1] <= now:
-                    return key
-        return None
+    def _open_aheads(self) -> None:
+        """Processes open a session ahead for their tenant's latest spec when that spec repeats (a
+        session costs ~45 ms of one process's time, not a start-up: no brake here). In `process` mode
+        a warm process exists for one request anyway, and opens one for the latest spec."""
+        if self._closed:
+            return
+        for p in list(self._processes):
+            traffic = self._tenants.get(p.tenant)
+            spec = traffic.last_spec if traffic is not None else None
+            if (spec is None or not p.ready.is_set() or not self._counts(p) or p.capabilities is None
+                    or not (traffic.repeating or self.isolation == "process")):
+                continue
+            if p.ahead is not None and p.ahead.spec != spec and self.isolation == "session":
+                p.drop_ahead()  # opened for a spec that is no longer the one repeating
+            if p.ahead is None and p.fits_now(spec.system_text):
+                self._open_ahead(p, spec)
 
-    def _note_startups(self, idle: list[_Warm], now: float) -> None:
-        """Learn the start-up time from processes seen ready for the first time (under the lock)."""
-        for warm in idle:
-            if not warm.ready_seen and warm.run.ready():
-                warm.ready_seen = True
-                took = (warm.run.ready_at or now) - warm.born
-                self.startup = 0.7 * self.startup + 0.3 * took
-
-    def _note_death(self, key: Key, now: float) -> None:
-        """A process of `key` died on its own (called under the lock): retry it later and later."""
+    def _note_death(self, tenant: str, now: float) -> None:
+        """A process of `tenant` died before serving (under the lock): retry later and later."""
         self.died += 1
-        count = self._deaths.get(key, (0, 0.0))[0] + 1
-        self._deaths[key] = (count, now + min(MAX_DEATH_BACKOFF, 2.0 ** (count - 1)))
+        traffic = self._tenants.get(tenant)
+        if traffic is not None:
+            traffic.deaths += 1
+            traffic.no_spawn_before = now + min(MAX_DEATH_BACKOFF, 2.0 ** (traffic.deaths - 1))
+
+    def _note_retired(self, reason: str) -> None:
+        key = reason if reason in ("requests", "age", "memory", "idle", "shed", "evicted", "closing",
+                                   "died", "died before serving") else "unclean"
+        self.retired[key] = self.retired.get(key, 0) + 1
+        RETIREMENTS.labels(key).inc()
 
     def _publish(self) -> None:
-        with self._lock:
-            WARM_PROCESSES.set(len(self._all_idle()))
+        with self._cond:
+            processes = list(self._processes)
+        WARM_PROCESSES.set(sum(1 for p in processes if self._ready_for_more(p) and not p.active))
+        CLI_PROCESSES.set(sum(1 for p in processes if not p.exited))
+        SESSIONS_ACTIVE.set(sum(len(p.active) for p in processes))

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 
 from .errors import ApiError
 
@@ -63,11 +63,17 @@ def _digest(key: str) -> bytes:
 
 def key_matches(presented: str, digests: Iterable[bytes]) -> bool:
     """Constant time in the presented key and in which configured key (if any) it matches."""
+    return matching_key(presented, digests) is not None
+
+
+def matching_key(presented: str, digests: Iterable[bytes]) -> int | None:
+    """The position of the configured key the presented one is (None: none), in constant time."""
     given = _digest(presented)
-    matched = False
-    for digest in digests:
-        matched |= hmac.compare_digest(given, digest)
-    return matched
+    found = -1
+    for index, digest in enumerate(digests):
+        same = hmac.compare_digest(given, digest)
+        found = index if same and found < 0 else found
+    return None if found < 0 else found
 
 
 def needs_key(path: str, metrics_open: bool) -> bool:
@@ -84,12 +90,17 @@ def bearer_token(header: str | None) -> str | None:
 
 
 def check_key() -> None:
-    """before_request: 401 (OpenAI's invalid_api_key) for a protected path without a good key."""
+    """before_request: 401 (OpenAI's invalid_api_key) for a protected path without a good key.
+    The key a request came with is its tenant (`g.tenant`): gemini processes are never shared
+    between two keys (proxy/cli/pool.py)."""
     digests = current_app.extensions.get("api_key_digests")
     if not digests or not needs_key(request.path, current_app.config["PROXY_METRICS_OPEN"]):
         return
     token = bearer_token(request.headers.get("Authorization")) or request.headers.get("x-api-key", "").strip()
-    if not token or not key_matches(token, digests):
+    index = matching_key(token, digests) if token else None
+    if index is not None:
+        g.tenant = f"key-{index}"
+    else:
         raise ApiError(401, _INVALID, code="invalid_api_key", type="authentication_error",
                        headers={"WWW-Authenticate": 'Bearer realm="gemini-proxy"', "x-should-retry": "false"})
 

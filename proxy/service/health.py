@@ -100,8 +100,8 @@ def readyz() -> Response:
                  "queued": limiter.queued, "queue_size": limiter.queue_size},
         "pid": os.getpid(),
     }
-    pool = current_app.extensions.get("warm_pool")
-    if pool is not None:
+    pool = current_app.extensions["process_pool"]
+    if pool.warm:
         # Per worker: warm processes (and how many have finished starting), keys, what the traffic
         # asks for, the measured start-up time, and hit/miss counts.
         body["pool"] = pool.stats()

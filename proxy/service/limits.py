@@ -81,7 +81,7 @@ class RunLimiter:
                 self._changed()
                 return Slot(self)
             if self.queued >= self.queue_size:
-                raise self._busy("the queue is full")
+                raise self.busy("the queue is full")
             self.queued += 1
             self._changed()
             deadline = time.monotonic() + self.queue_timeout
@@ -89,7 +89,7 @@ class RunLimiter:
                 while self.in_use >= self.capacity:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise self._busy(f"no run slot freed within {self.queue_timeout:g} s")
+                        raise self.busy(f"no run slot freed within {self.queue_timeout:g} s")
                     self._cond.wait(left)
                 self.in_use += 1
                 return Slot(self)
@@ -111,7 +111,8 @@ class RunLimiter:
             self._changed()
             self._cond.notify()
 
-    def _busy(self, why: str) -> ApiError:
+    def busy(self, why: str) -> ApiError:
+        """The 429 for a request the worker has no room for, saying why."""
         retry_after = max(1, math.ceil(self.queue_timeout / 2))
         return ApiError(429, f"The gateway is busy: {self.capacity} gemini runs are in progress and {why}. "
                         "Retry shortly (PROXY_MAX_CONCURRENT sets the limit).", code="gateway_busy",
