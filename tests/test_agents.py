@@ -21,18 +21,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.headless_run import Ran, clean_env, run_headless
 from tests.mock_gemini_api import contents_text, declared_tools, function_call, model_turn
-from tests.proxy_server import PROJECT_DIR, group_alive, pid_alive, wait_until
+from tests.proxy_server import PROJECT_DIR, pid_alive, wait_until
 from tests.test_real_cli import CLI_UPGRADES
 
 AGENT_TIMEOUT = 180  # seconds, for one whole agent run
@@ -116,19 +113,9 @@ def marked_processes(marker: str) -> list[int]:
 
 
 def agent_env(tmp_path: Path, sinkhole: Sinkhole, marker: str, **extra: str) -> dict[str, str]:
-    """A clean environment: PATH, an empty HOME, every proxy variable at the sinkhole (loopback
-    exempt), the run's marker; no keys or settings from the caller's environment."""
-    home = tmp_path / "agent-home"
-    home.mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": str(home),
-        "TMPDIR": str(tmp_path),
-        "LANG": "C.UTF-8",
-        "NO_COLOR": "1",
-        "TERM": "dumb",
-        MARKER_VAR: marker,
-    }
+    """A clean environment (tests/headless_run.py): every proxy variable at the sinkhole (loopback
+    exempt), the run's marker."""
+    env = clean_env(tmp_path, "agent-home", **{MARKER_VAR: marker})
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         env[name] = env[name.lower()] = sinkhole.url
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
@@ -136,64 +123,11 @@ def agent_env(tmp_path: Path, sinkhole: Sinkhole, marker: str, **extra: str) -> 
     return env
 
 
-@dataclass
-class Finished:
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    group_left: bool  # the agent's process group outlived it (checked for a few seconds)
-    left_behind: list[int] = field(default_factory=list)  # marked processes still alive then
-
-    def describe(self) -> str:
-        return (f"exit {self.returncode} after {self.seconds:.1f} s\n--- stdout\n{self.stdout[-4000:]}"
-                f"\n--- stderr\n{self.stderr[-6000:]}")
-
-
-def run_agent(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = AGENT_TIMEOUT) -> Finished:
-    """Run an agent headless (stdin /dev/null) in its own process group, bounded by `timeout`.
-    Once it has exited, its group and every process carrying its marker must be gone within a
-    few seconds; whatever is left is killed (by pid and by group) before this returns."""
-    marker = env[MARKER_VAR]
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    timed_out = False
-    try:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate(timeout=10)
-        seconds = time.monotonic() - started
-        group_gone = wait_until(lambda: not group_alive(proc.pid), 5)
-        wait_until(lambda: not marked_processes(marker), 5)
-        left_behind = marked_processes(marker)
-    finally:
-        for pid in marked_processes(marker):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if group_alive(proc.pid):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    finished = Finished(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), seconds,
-                        not group_gone, left_behind)
-    assert not timed_out, f"{argv[0]} did not finish within {timeout} s:\n{finished.describe()}"
-    return finished
-
-
-
-
-
-
+def run_agent(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = AGENT_TIMEOUT) -> Ran:
+    """Run an agent headless (tests/headless_run.py); every process carrying its marker counts as
+    its own, wherever it moved, and must be gone soon after it."""
+    return run_headless(argv, cwd=cwd, env=env, timeout=timeout,
+                        stragglers=lambda: marked_processes(env[MARKER_VAR]))
 
 
 def new_request_lines(server, before: int, count: int) -> list[str]:
@@ -212,7 +146,7 @@ def secret_task(tmp_path: Path) -> tuple[str, Path]:
     return secret, work
 
 
-def assert_agent_left_nothing(done: Finished, sinkhole: Sinkhole, server) -> None:
+def assert_agent_left_nothing(done: Ran, sinkhole: Sinkhole, server) -> None:
     assert not done.group_left, f"the agent's process group outlived it:\n{done.describe()}"
     assert not done.left_behind, f"processes of the agent's run outlived it: {done.left_behind}"
     assert sinkhole.requests == [], f"the agent tried to reach more than the gateway: {sinkhole.requests}"

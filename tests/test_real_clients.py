@@ -14,18 +14,15 @@ NODE_OPTIONS) stops it from reaching anything but 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import signal
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.headless_run import Ran, clean_env, run_headless
 from tests.mock_gemini_api import contents_text, declared_tools, function_call, model_turn
-from tests.proxy_server import PROJECT_DIR, group_alive, wait_until
+from tests.proxy_server import PROJECT_DIR, wait_until
 
 CLIENTS = PROJECT_DIR / "tests" / "clients"
 LOOPBACK_ONLY = CLIENTS / "loopback_only.mjs"
@@ -51,70 +48,20 @@ def node() -> str:
     return found
 
 
-@dataclass
-class Finished:
-    returncode: int
-    stdout: str
-    stderr: str
-    guard_log: str
-
-    def describe(self) -> str:
-        return (f"exit {self.returncode}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
-                f"\n--- loopback guard\n{self.guard_log[-2000:]}")
-
-
 def client_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A clean environment: PATH, an empty HOME, the loopback guard; no proxies, no keys."""
-    home = tmp_path / "client-home"
-    home.mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": str(home),
-        "TMPDIR": str(tmp_path),
-        "LANG": "C.UTF-8",
-        "NO_COLOR": "1",
-        "TERM": "dumb",
-        "NODE_OPTIONS": f"--import={LOOPBACK_ONLY.as_uri()}",
-        "LOOPBACK_ONLY_LOG": str(tmp_path / "loopback-only.log"),
-    }
-    env.update(extra)
-    return env
+    """A clean environment (tests/headless_run.py) with the loopback guard preloaded."""
+    return clean_env(tmp_path, "client-home", NODE_OPTIONS=f"--import={LOOPBACK_ONLY.as_uri()}",
+                     LOOPBACK_ONLY_LOG=str(tmp_path / "loopback-only.log"), **extra)
 
 
-def run_client(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> Finished:
-    """Run a client headless (stdin /dev/null) in its own process group, bounded by `timeout`;
-    whatever is left of its group is killed when it returns."""
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    timed_out = False
-    try:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate(timeout=10)
-    finally:
-        if group_alive(proc.pid):  # e.g. a child the client started and left behind
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+def run_client(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> Ran:
+    """Run a client headless (tests/headless_run.py); its loopback guard must have been loaded."""
+    done = run_headless(argv, cwd=cwd, env=env, timeout=timeout)
     log_path = Path(env["LOOPBACK_ONLY_LOG"])
-    finished = Finished(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
-                        log_path.read_text(errors="replace") if log_path.exists() else "")
-    assert not timed_out, f"{argv[0]} did not finish within {timeout} s:\n{finished.describe()}"
-    assert " loaded " in finished.guard_log, f"the loopback guard was not loaded:\n{finished.describe()}"
-    return finished
-
-
-
-
-
-
+    guard_log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    done.notes = f"--- loopback guard\n{guard_log[-2000:]}"
+    assert " loaded " in guard_log, f"the loopback guard was not loaded:\n{done.describe()}"
+    return done
 
 
 # -- openai-node: chat.completions.runTools ---------------------------------------------------
