@@ -69,7 +69,7 @@ class Answering:
     def close(self) -> None:
         """End the run (idempotent) and note how its process exited, if it ended with it."""
         self.run.close()
-        self.timing.exit_code = self.run.exit_code
+        self.timing.exit_code, self.timing.cli_pid = self.run.exit_code, self.run.pid
 
 
 @dataclass
@@ -140,7 +140,8 @@ def start_answer(conversation: Conversation) -> Answering:
     try:
         # A warm process was started before this request: its spawn is not this request's cost.
         timing.pool = "hit" if run.from_pool else ("miss" if pool.warm and interface == "acp" else "off")
-        timing.spawn_ms, timing.cli_pid = run.spawn_ms, run.pid
+        timing.spawn_ms = run.spawn_ms
+        timing.session = run.session_kind
         deadlines = Deadlines(g.started_monotonic, config["PROXY_REQUEST_TIMEOUT"],
                               config["PROXY_FIRST_TOKEN_TIMEOUT"])
         events = read_events(run, deadlines, config["PROXY_HEARTBEAT_INTERVAL"], client_gone_check(request.environ))

@@ -37,6 +37,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,30 @@ class _Reply:
         return self.message
 
 
+class _OpenLock:
+    """One `session/new` at a time, the requests' own before those opened ahead in the background."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._requests_waiting = 0
+
+    @contextmanager
+    def held(self, background: bool) -> Iterator[None]:
+        with self._cond:
+            self._requests_waiting += not background
+            while self._busy or (background and self._requests_waiting):
+                self._cond.wait()
+            self._requests_waiting -= not background
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class AcpProcess:
     """One `gemini --acp` process: the JSON-RPC peer that hosts the sessions of many requests.
 
@@ -104,13 +129,16 @@ class AcpProcess:
         self.served = 0  # requests given a session, in its life
         self.active: set[AcpSession] = set()  # sessions of requests not yet ended
         self.unsent: set[AcpSession] = set()  # sessions that may still read the system prompt file
-        self.ahead: AcpSession | None = None  # a session opened ahead for the next request of its spec
+        self.aheads: list[AcpSession] = []  # sessions opened ahead for the next requests of their spec
+        self.reread_epoch = -1  # the epoch in which a `session/new` last completed (every session re-read the file)
+        self.opening = 0  # `session/new`s sent and not yet answered
+        self._rereading: str | None = None  # the prompt a throwaway session is opening for (`wait_reread`)
         self.on_change: Callable[[AcpProcess], None] = lambda _: None  # the pool: capacity or state changed
         self._lock = threading.Condition()
         self._tickets = itertools.count()
         # One `session/new` at a time: each takes the CLI's projects.json lock, whose retries back off
         # exponentially (8 at once: the last answered after 12.9 s; one after the other, ~45 ms each).
-        self._open_lock = threading.Lock()
+        self._open_lock = _OpenLock()
         self._waiting: list[tuple[int, str]] = []  # sessions waiting to open: (ticket, system prompt)
         self._ids = itertools.count(1)
         self._replies: dict[int, Callable[[dict[str, Any]], None]] = {}
@@ -140,11 +168,23 @@ class AcpProcess:
         return (not self.exited and self.retire_reason is None and not self.cli.closed
                 and len(self.active) < self.max_sessions and self.served < self.max_requests)
 
+    def _first_switch(self) -> str | None:
+        """The system prompt of the first session waiting to switch the file (under the lock)."""
+        return next((text for _, text in self._waiting if text != self.system_text), None)
+
     def fits_now(self, system_text: str) -> bool:
-        """A session with this system prompt could be opened without waiting for others."""
-        if self._waiting:
-            return False
-        return system_text == self.system_text or not self.unsent
+        """A session with this system prompt could be opened without waiting for the process's
+        other sessions: it has this prompt and no switch to another is waiting, or the first switch
+        waiting is to this prompt, or nothing holds the current one."""
+        with self._lock:
+            return self._fits(system_text)
+
+    def _fits(self, system_text: str) -> bool:
+        switch = self._first_switch()
+        if switch is not None:
+            return switch == system_text
+        return system_text == self.system_text or not any(
+            s.spec.system_text != system_text for s in self.unsent)
 
     def retire(self, reason: str) -> None:
         """Take no more sessions; the pool closes the process once its sessions have ended."""
@@ -180,27 +220,100 @@ class AcpProcess:
                 self.retire_reason = "requests"
 
     def take_ahead(self, spec: RunSpec) -> AcpSession | None:
-        """The session opened (or being opened) ahead, if it is for `spec` and, once open, was opened
-        with the current system prompt file; the request waits for the rest of its opening."""
+        """A session opened ahead for `spec`, if the process can give it its system prompt now (it
+        holds it, or a switch to it is first in line, or nothing holds the current one). Every
+        session re-reads the system prompt file at each `session/new`, so the request then waits for
+        one to complete with the file holding its prompt (`wait_reread`)."""
         with self._lock:
-            ahead = self.ahead
-            if ahead is None or ahead.spec != spec or self.exited or not ahead.usable_ahead(self.epoch):
+            if self.exited or not self._fits(spec.system_text):
                 return None
-            self.ahead = None
+            # One still opening is taken too: waiting for the rest of its `session/new` beats queueing
+            # another behind it.
+            ahead = next((a for a in self.aheads if a.spec == spec and a.ready_ahead()), None)
+            if ahead is None:
+                return None
+            self.aheads.remove(ahead)
             ahead.taken = True
+            ahead.handed_at = time.perf_counter()  # the CLI is working on it already, or has
+            # Not in `unsent` yet: until its prompt is re-read (`wait_reread`) it holds nothing, and
+            # must not hold back a switch that its own re-read may be queued behind.
             self.active.add(ahead)
-            self.unsent.add(ahead)  # from now on it may send with the file's prompt: it holds it
             self.served += 1
             self.last_used = time.monotonic()
             if self.served >= self.max_requests and self.retire_reason is None:
                 self.retire_reason = "requests"
         return ahead
 
-    def drop_ahead(self) -> None:
-        """Discard the session opened ahead (its spec is not wanted, or it went stale)."""
+    def wait_reread(self, session: AcpSession) -> bool:
+        """Wait until every session of the process has re-read the system prompt file holding this
+        session's prompt (a `session/new` completed since the file was last switched): one under
+        way, or the switch first in line, or another request's throwaway session; else open a
+        throwaway session (that switches the file if need be). False if the process went away, or
+        the request did. From then on the session holds the file's prompt (it is `unsent`)."""
+        text = session.spec.system_text
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        while True:
+            with self._lock:
+                while not self._reread(text):
+                    if self.exited or session.cancelled or time.monotonic() >= deadline:
+                        return False
+                    coming = (self._first_switch() == text or self._rereading is not None
+                              or (self.opening and self.system_text == text))
+                    if not coming:
+                        self._rereading = text  # the others wait for this one
+                        break
+                    self._lock.wait(0.1)
+                else:
+                    self.unsent.add(session)
+                    return True
+            throwaway = AcpSession(self, RunSpec(session.spec.cli_model, text), None, from_pool=True)
+            held = False
+            try:
+                self.open(throwaway)
+                with self._lock:  # before the throwaway lets go of the file: no switch in between
+                    held = self._reread(text) and not session.cancelled
+                    if held:
+                        self.unsent.add(session)
+            finally:
+                self.sent(throwaway)
+                throwaway.close()
+                with self._lock:
+                    self._rereading = None
+                    self._lock.notify_all()
+            if held:
+                return True
+
+    def _reread(self, text: str) -> bool:
+        """Every session holds `text` as its system prompt (under the lock)."""
+        return self.system_text == text and self.reread_epoch == self.epoch
+
+    def ahead_count(self, spec: RunSpec) -> int:
         with self._lock:
-            ahead, self.ahead = self.ahead, None
-        if ahead is not None:
+            return sum(1 for a in self.aheads if a.spec == spec)
+
+    def add_ahead(self, session: AcpSession, limit: int) -> bool:
+        """Keep `session` as one opened ahead (at most `limit` in all: the oldest for another system
+        prompt makes room); the caller opens it."""
+        evicted = None
+        with self._lock:
+            if self.exited or self.retire_reason is not None:
+                return False
+            if len(self.aheads) >= limit:
+                evicted = next((a for a in self.aheads if a.spec.system_text != self.system_text), None)
+                if evicted is None:
+                    return False
+                self.aheads.remove(evicted)
+            self.aheads.append(session)
+        if evicted is not None:
+            evicted.close()
+        return True
+
+    def drop_aheads(self, keep: Callable[[RunSpec], bool] = lambda _: False) -> None:
+        """Discard the sessions opened ahead whose spec `keep` does not want any more."""
+        with self._lock:
+            dropped = [a for a in self.aheads if not keep(a.spec)]
+            self.aheads = [a for a in self.aheads if keep(a.spec)]
+        for ahead in dropped:
             ahead.close()
 
     def release(self, session: AcpSession) -> None:
@@ -208,6 +321,8 @@ class AcpProcess:
         with self._lock:
             self.active.discard(session)
             self.unsent.discard(session)
+            if session in self.aheads:
+                self.aheads.remove(session)
             self.last_used = time.monotonic()
             last = not self.active and (self.retire_reason is not None or self.exited)
             self._lock.notify_all()
@@ -224,7 +339,14 @@ class AcpProcess:
         A session waiting to switch holds back later ones of the current prompt, so that it is not
         starved."""
         text = session.spec.system_text
-        stale: AcpSession | None = None
+        if session.opened_ahead and not session.taken:
+            # Opened ahead for the prompt the process holds, never switching it: the request that
+            # takes it waits for a re-read (`wait_reread`), so it needs no hold on the file either.
+            with self._lock:
+                if text != self.system_text or self.exited:
+                    return None, "abandoned"
+                session.epoch = self.epoch
+            return self._new_session(session)
         with self._lock:
             ticket = next(self._tickets)
             self._waiting.append((ticket, text))
@@ -235,12 +357,15 @@ class AcpProcess:
                     switcher = next((t for t, x in self._waiting if x != self.system_text), None)
                     if text == self.system_text and (switcher is None or switcher > ticket):
                         break
-                    if text != self.system_text and switcher == ticket and not self.unsent - {session}:
+                    # Sessions that want this same prompt (opened ahead, waiting for it) do not hold
+                    # the switch back.
+                    holding = any(s.spec.system_text != text for s in self.unsent if s is not session)
+                    if text != self.system_text and switcher == ticket and not holding:
+                        # Sessions opened ahead for another prompt stay: they re-read the file at the
+                        # next `session/new`, and are valid again whenever the process holds theirs.
                         write_atomically(self.cli.system_file, text)
                         self.system_text = text
                         self.epoch += 1
-                        if self.ahead is not session:
-                            stale, self.ahead = self.ahead, None  # opened with another system prompt
                         break
                     self._lock.wait(0.1)  # the others' first output, or their end, wakes this
             finally:
@@ -248,37 +373,37 @@ class AcpProcess:
                 self._lock.notify_all()
             session.epoch = self.epoch
             self.unsent.add(session)
-        if stale is not None:
-            stale.close()
         return self._new_session(session)
 
     def _new_session(self, session: AcpSession) -> tuple[dict[str, Any] | None, str]:
-        with self._open_lock:
+        with self._open_lock.held(background=session.opened_ahead and not session.taken):
             if session.cancelled:
                 return None, "abandoned"
             session.lay_out()
             reply = _Reply()
+            with self._lock:
+                self.opening += 1
+                epoch = self.epoch
 
             def opened(message: dict[str, Any]) -> None:
                 session_id = (message.get("result") or {}).get("sessionId")
-                if isinstance(session_id, str):
-                    with self._lock:
+                with self._lock:
+                    if isinstance(session_id, str):
                         self._sessions[session_id] = session
+                        if epoch == self.epoch:
+                            self.reread_epoch = epoch  # every session re-read the file as it is now
+                    self.opening -= 1
+                    self._lock.notify_all()
+                if isinstance(session_id, str):
                     session.session_id = session_id
                 reply(message)
 
             session.handed_at = time.perf_counter()
             self.request("session/new", {"cwd": str(session.cwd), "mcpServers": []}, opened)
-            return reply.wait(OPEN_TIMEOUT), "timeout"
-
-    def opened_ahead(self, session: AcpSession) -> None:
-        """A session opened ahead is open: until a request takes it, it holds no system prompt."""
-        with self._lock:
-            if session.taken:
-                return
-            self.unsent.discard(session)
-            self._lock.notify_all()
-        self.on_change(self)
+            answer = reply.wait(OPEN_TIMEOUT)
+            if answer is None:
+                self.fail(f"session/new not answered within {OPEN_TIMEOUT:g} s")
+            return answer, "timeout"
 
     def sent(self, session: AcpSession) -> None:
         """`session`'s API request has gone out (or will not): it no longer holds the system prompt."""
@@ -404,6 +529,10 @@ class AcpSession:
         return self.process.cli.pid
 
     @property
+    def session_kind(self) -> str:
+        return "ahead" if self.opened_ahead else "new"
+
+    @property
     def spawn_ms(self) -> float | None:
         return None if self.from_pool else self.process.cli.spawn_ms
 
@@ -413,11 +542,10 @@ class AcpSession:
         """Open the session now (in the background), to be given a request of its spec later."""
         threading.Thread(target=self._open, name="acp-ahead", daemon=True).start()
 
-    def usable_ahead(self, epoch: int) -> bool:
-        """Opened without error with the system prompt file of `epoch`, or still opening."""
-        if self._closed or self._open_error is not None:
-            return False
-        return not self._opened.is_set() or self.epoch == epoch
+    def ready_ahead(self) -> bool:
+        """Opened ahead (or still opening) without error, and not given to a request."""
+        return self._open_error is None and not self._closed and not self.taken and (
+            not self._opened.is_set() or self.session_id is not None)
 
     def send(self, prompt: Prompt) -> None:
         """Open the session (unless opened ahead) and send the prompt, in the background: the
@@ -498,8 +626,6 @@ class AcpSession:
             log.exception("opening an ACP session failed")
             self._open_error = self._failed(f"opening the session failed: {exc}")
         finally:
-            if self.opened_ahead:
-                self.process.opened_ahead(self)
             self._opened.set()
 
     def _open_session(self) -> ApiError | None:
@@ -511,8 +637,6 @@ class AcpSession:
             return self._failed("")
         answer, why = process.open(self)
         if answer is None:
-            if why == "timeout":
-                process.fail(f"session/new not answered within {OPEN_TIMEOUT:g} s")
             return None if why == "abandoned" else self._failed("")
         if answer.get("eof"):
             return self._failed("")
@@ -528,18 +652,29 @@ class AcpSession:
         return self._error(answer) if "error" in answer else None
 
     def _open_and_prompt(self) -> None:
+        reread = self.opened_ahead
         if not self.opened_ahead:
             self._open()
-        while not self._opened.wait(0.25):  # an ahead session taken while it was still opening
-            if self.cancelled:
-                self.process.sent(self)
-                return
+        else:
+            while not self._opened.wait(0.25):  # taken while it was still opening
+                if self.cancelled:
+                    self.process.sent(self)
+                    return
+            if self.session_id is None and self._open_error is None and not self.cancelled:
+                # It gave up opening (the process switched prompts meanwhile): open it as the request's own.
+                reread = False
+                self._opened.clear()
+                self._open()
         if self._open_error is not None:
             self.process.sent(self)
             self.deliver(self._open_error)
             return
-        if self.opened_ahead:
-            self.handed_at = time.perf_counter()  # the request begins at the prompt
+        if reread:
+            if not self.process.wait_reread(self):  # its system prompt as the file has it now
+                self.process.sent(self)
+                if not self.cancelled:
+                    self.deliver(self._failed(""))
+                return
         with self._lock:  # a cancel must not overtake the prompt on the CLI's stdin
             if self.cancelled or self.session_id is None:
                 self.process.sent(self)
@@ -600,7 +735,6 @@ class AcpSession:
             elif kind == "tool":
                 call = self.shape.client_call(value.get("name"), value.get("arguments"), calls)
                 if call is not None:
-                    calls.append(call)
                     yield ToolCalled(call)
             elif kind == "result":
                 if "error" in value:

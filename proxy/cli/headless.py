@@ -47,6 +47,7 @@ class HeadlessRun:
     """One headless process, one request: spawn, feed the prompt, read its answer, close."""
 
     from_pool = False
+    session_kind = "-"
 
     def __init__(self, process: CliProcess, shape: AnswerShape):
         self.process = process
@@ -154,13 +155,11 @@ class HeadlessRun:
             elif kind == "tool_use":
                 call = self.shape.client_call(event.get("tool_name"), event.get("parameters"), calls)
                 if call is not None:
-                    calls.append(call)
                     yield ToolCalled(call)
             elif kind == _TOOL_CALLED or (kind == "tool_result" and calls):
                 # The turn is over and its calls are being run: collect the rest of them (the socket's
                 # report can overtake the stdout lines that preceded it), and end here.
                 for call in self._settle(calls):
-                    calls.append(call)
                     yield ToolCalled(call)
                 if calls:
                     yield Finished("tool_calls", None)
@@ -188,8 +187,8 @@ class HeadlessRun:
         raise classify_failure(exit_code, message, self.process.stderr_tail, self.shape.model, self.shape.cli_model)
 
     def _settle(self, calls: list[ToolCall]) -> Iterator[ToolCall]:
-        """The rest of the turn's calls: what stdout still holds once the tool server has been called."""
-        known = list(calls)
+        """The rest of the turn's calls (added to `calls`): what stdout still holds once the tool
+        server has been called."""
         deadline = time.monotonic() + SETTLE_MAX
         while time.monotonic() < deadline:
             event = self._inbox.get(SETTLE_QUIET)
@@ -200,9 +199,8 @@ class HeadlessRun:
             if event is EOF:
                 return
             if event.get("type") == "tool_use":
-                call = self.shape.client_call(event.get("tool_name"), event.get("parameters"), known)
+                call = self.shape.client_call(event.get("tool_name"), event.get("parameters"), calls)
                 if call is not None:
-                    known.append(call)
                     yield call
 
 

@@ -37,7 +37,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +61,10 @@ DEFAULT_STARTUP = 1.5  # seconds a start-up is assumed to take until one has bee
 # CPUs first; the stock is refilled once they are going.
 REFILL_DELAY = 0.5
 REPLACE_AHEAD = 5  # requests before PROXY_PROCESS_MAX_REQUESTS at which a replacement starts
+MAX_AHEADS = 4  # sessions a process keeps opened ahead, all specs together
+AHEAD_BURST = 3  # the most sessions opened ahead for one spec (Open WebUI sends three tasks at once)
+AHEAD_WINDOW = 0.05  # seconds within which arrivals of one spec count as arriving at once
+TRACKED_SPECS = 8  # specs of a tenant whose arrivals are remembered
 MAX_DEATH_BACKOFF = 60.0  # a tenant whose processes keep dying is retried at most this rarely
 
 
@@ -106,28 +110,47 @@ class _Tenant:
     arrivals: deque = field(default_factory=deque)  # time.monotonic() of requests, BURST_MEMORY long
     last: float | None = None  # the latest request, however long ago
     last_spec: RunSpec | None = None
-    repeating: bool = False  # its last two requests had the same spec (an agent loop, a client's chat)
+    specs: OrderedDict = field(default_factory=OrderedDict)  # spec -> its arrivals, the latest spec last
     deaths: int = 0  # processes in a row that died before serving
     no_spawn_before: float = 0.0
 
     def arrive(self, now: float, spec: RunSpec) -> None:
         self.arrivals.append(now)
-        self.repeating = spec == self.last_spec
         self.last, self.last_spec = now, spec
+        self.specs.setdefault(spec, deque()).append(now)
+        self.specs.move_to_end(spec)
+        while len(self.specs) > TRACKED_SPECS:
+            self.specs.popitem(last=False)
         self.forget(now)
 
     def forget(self, now: float) -> None:
         while self.arrivals and self.arrivals[0] < now - BURST_MEMORY:
             self.arrivals.popleft()
+        for spec, times in list(self.specs.items()):
+            while times and times[0] < now - BURST_MEMORY:
+                times.popleft()
+            if not times:
+                del self.specs[spec]
 
     def burst(self, window: float) -> int:
         """The most arrivals within any `window` seconds of the remembered ones."""
-        times, best, first = list(self.arrivals), 0, 0
-        for last, at in enumerate(times):
-            while at - times[first] > window:
-                first += 1
-            best = max(best, last - first + 1)
-        return best
+        return _burst(self.arrivals, window)
+
+    def aheads_wanted(self, system_text: str) -> dict[RunSpec, int]:
+        """Sessions worth opening ahead for the specs with this system prompt: those that came more
+        than once lately, as many as arrived at once (up to AHEAD_BURST)."""
+        return {spec: min(AHEAD_BURST, _burst(times, AHEAD_WINDOW)) for spec, times in self.specs.items()
+                if spec.system_text == system_text and len(times) > 1}
+
+
+def _burst(arrivals: deque, window: float) -> int:
+    """The most of `arrivals` (times, in order) within any `window` seconds."""
+    times, best, first = list(arrivals), 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] > window:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
 
 
 class ProcessPool:
@@ -219,7 +242,7 @@ class ProcessPool:
                 "max_sessions": self.max_sessions, "max_requests": self.max_requests,
                 "detail": [{"pid": p.cli.pid, "active": len(p.active), "served": p.served,
                             "ready": p.ready.is_set(), "retiring": p.retire_reason,
-                            "ahead": p.ahead is not None, "age_s": round(now - p.born, 1)} for p in processes],
+                            "aheads": len(p.aheads), "age_s": round(now - p.born, 1)} for p in processes],
             }
 
     def close(self) -> int:
@@ -276,30 +299,51 @@ class ProcessPool:
             return self._reserve(min(usable, key=lambda p: len(p.unsent)), spec, shape, True)
         return None
 
+    def _why_none(self, spec: RunSpec, tenant: str) -> str:
+        """Why no process of the tenant could take the request (for the log)."""
+        mine = [p for p in self._processes if p.tenant == tenant and not p.exited]
+        if not mine:
+            return "its API key has no process"
+        if not any(p.usable for p in mine):
+            return "its API key's processes are full or retiring"
+        return (f"its API key's {len(mine)} process(es) hold other system prompts, which their sessions "
+                "still need")
+
     def _reserve(self, p: AcpProcess, spec: RunSpec, shape: AnswerShape, from_pool: bool) -> AcpSession:
-        if p.ahead is not None and p.ahead.spec != spec and self.isolation == "process":
-            p.drop_ahead()  # this process serves one request, and it is not the one it expected
+        if self.isolation == "process":
+            p.drop_aheads()  # this process serves one request, and it is not the one it expected
         session = AcpSession(p, spec, shape, from_pool=from_pool)
         p.reserve(session)
         return session
 
     def _spawn_for(self, spec: RunSpec, shape: AnswerShape, tenant: str, auth: UserAuth) -> AcpSession:
-        """Start a process for this request (a run slot, queueing for one if need be, or a 429)."""
+        """Start a process for this request (a run slot, queueing for one if need be, or a 429). The
+        process is registered before it starts, so that the requests after this one join it."""
         deadline = time.monotonic() + self.config["PROXY_QUEUE_TIMEOUT"]
-        while True:
-            with self._cond:
-                full = self.warm and self._count() >= self.max_total
-            if not full:
-                break
-            # The worker's processes are all in use: wait for room on one, or for one to go.
-            if not self._reclaim_or_wait(deadline):
-                raise self.limiter.busy(f"all {self.max_total} gemini processes (PROXY_POOL_MAX) are busy")
+        slot: Slot | None = None
+        while slot is None:
             with self._cond:
                 session = self._place(spec, shape, tenant)
-            if session is not None:
-                return session
-        slot = self.limiter.acquire()  # or 429 after queueing
-        return self._new_process(slot, tenant, spec, auth, shape=shape)
+                if session is not None:
+                    return session
+                why = self._why_none(spec, tenant)
+                full = self.warm and self._count() >= self.max_total
+                if not full:
+                    slot = self.limiter.try_acquire()
+                    if slot is not None:
+                        p, session = self._register(slot, tenant, spec, shape)
+                        break
+            if full:
+                # The worker's processes are all in use: wait for room on one, or for one to go.
+                if not self._reclaim_or_wait(deadline):
+                    raise self.limiter.busy(f"all {self.max_total} gemini processes (PROXY_POOL_MAX) are busy")
+                continue
+            slot = self.limiter.acquire()  # or 429 after queueing
+            with self._cond:
+                p, session = self._register(slot, tenant, spec, shape)
+        log.info("starting a gemini process for a request: %s", why)
+        self._spawn(p, spec, auth)
+        return session
 
     def _reclaim_or_wait(self, deadline: float) -> bool:
         if self.reclaim():
@@ -311,36 +355,36 @@ class ProcessPool:
             self._cond.wait(min(left, TICK))
         return True
 
-    def _new_process(self, slot: Slot, tenant: str, spec: RunSpec, auth: UserAuth,
-                     shape: AnswerShape | None = None) -> AcpSession | None:
-        """Start an ACP process for `tenant` holding `slot`, its system prompt file set for `spec`:
-        with a request's `shape`, the session of that request; else (a warm process) one opened ahead."""
+    def _register(self, slot: Slot, tenant: str, spec: RunSpec,
+                  shape: AnswerShape | None) -> tuple[AcpProcess, AcpSession | None]:
+        """A new ACP process for `tenant` holding `slot`, in the pool (under the lock), not started
+        yet; with a request's `shape`, the session of that request."""
         p = AcpProcess(self.config, slot, tenant, self.max_sessions, self.max_requests)
         p.on_change = self._changed
         session = None
         if shape is not None:
             session = AcpSession(p, spec, shape, from_pool=False)
-            p.reserve(session)  # before the upkeep can see it: a process with a request is never shed
+            p.reserve(session)
+        self._processes.append(p)
+        self.spawned += 1
+        return p, session
+
+    def _spawn(self, p: AcpProcess, spec: RunSpec, auth: UserAuth) -> None:
+        """Start a registered process, its system prompt file set for `spec` (outside the lock)."""
         try:
             p.spawn(auth, spec.cli_model, spec.system_text)
         except BaseException:
             p.close()
+            with self._cond:
+                if p in self._processes:
+                    self._processes.remove(p)
             raise
-        with self._cond:
-            self._processes.append(p)
-            self.spawned += 1
-        if session is None:
-            self._open_ahead(p, spec)
         self._publish()
-        return session
 
     def _open_ahead(self, p: AcpProcess, spec: RunSpec) -> None:
         ahead = AcpSession(p, spec, None, from_pool=True, ahead=True)
-        with self._cond:
-            if p.ahead is not None or not p.usable:
-                return
-            p.ahead = ahead
-        ahead.open_ahead()
+        if p.add_ahead(ahead, 1 if self.isolation == "process" else MAX_AHEADS):
+            ahead.open_ahead()
 
     def _changed(self, p: AcpProcess) -> None:
         with self._cond:
@@ -410,7 +454,7 @@ class ProcessPool:
             for tenant, traffic in list(self._tenants.items()):
                 wanted = self._wanted(traffic, tenant, now)
                 idle = sorted((p for p in self._processes if p.tenant == tenant and self._counts(p) and not p.active
-                               and p not in doomed), key=lambda p: p.last_used)
+                               and p.cli.proc is not None and p not in doomed), key=lambda p: p.last_used)
                 have = sum(1 for p in self._processes if p.tenant == tenant and self._counts(p))
                 for p in idle[:max(0, have - wanted)]:  # more than the traffic needs: shed the least used
                     p.retire("idle" if wanted == 0 else "shed")
@@ -460,8 +504,11 @@ class ProcessPool:
             slot = self.limiter.try_acquire()
             if slot is None:
                 return  # every slot is in use, or requests are queueing for one
+            with self._cond:
+                p, _ = self._register(slot, want[0], want[1], None)
             try:
-                self._new_process(slot, want[0], want[1], auth)
+                self._spawn(p, want[1], auth)
+                self._open_ahead(p, want[1])
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not start a warm gemini process: %s", exc)
                 with self._cond:
@@ -469,21 +516,32 @@ class ProcessPool:
                 return
 
     def _open_aheads(self) -> None:
-        """Processes open a session ahead for their tenant's latest spec when that spec repeats (a
-        session costs ~45 ms of one process's time, not a start-up: no brake here). In `process` mode
-        a warm process exists for one request anyway, and opens one for the latest spec."""
+        """Processes open sessions ahead for the specs that repeat with the system prompt they hold
+        (a session costs ~45 ms of one process's time, not a start-up: no brake here), and drop
+        those opened for specs that stopped coming. In `process` mode a warm process exists for one
+        request anyway, and opens one session for its tenant's latest spec."""
         if self._closed:
             return
         for p in list(self._processes):
             traffic = self._tenants.get(p.tenant)
-            spec = traffic.last_spec if traffic is not None else None
-            if (spec is None or not p.ready.is_set() or not self._counts(p) or p.capabilities is None
-                    or not (traffic.repeating or self.isolation == "process")):
+            # Only a quiet process opens one: node runs a `session/new` on the thread that streams the
+            # other sessions' answers (~45 ms each), and a request's own open must not wait for it.
+            if traffic is None or traffic.last_spec is None or not p.ready.is_set() or p.capabilities is None \
+                    or not self._counts(p) or p.active or p.opening:
                 continue
-            if p.ahead is not None and p.ahead.spec != spec and self.isolation == "session":
-                p.drop_ahead()  # opened for a spec that is no longer the one repeating
-            if p.ahead is None and p.fits_now(spec.system_text):
-                self._open_ahead(p, spec)
+            if self.isolation == "process":
+                wanted = {traffic.last_spec: 1}
+            else:
+                wanted = traffic.aheads_wanted(p.system_text)
+                # Those for another system prompt are kept while their spec still comes: they are valid
+                # again whenever the process holds that prompt.
+                p.drop_aheads(lambda spec, w=wanted, t=traffic, text=p.system_text:
+                              spec in w or (spec.system_text != text and spec in t.specs))
+            for spec, count in wanted.items():
+                if not p.fits_now(spec.system_text):
+                    continue
+                for _ in range(count - p.ahead_count(spec)):
+                    self._open_ahead(p, spec)
 
     def _note_death(self, tenant: str, now: float) -> None:
         """A process of `tenant` died before serving (under the lock): retry later and later."""

@@ -26,6 +26,7 @@ class Run(Protocol):
     """One request's conversation with the CLI, however it is driven."""
 
     from_pool: bool  # served by a process that was running before the request came
+    session_kind: str  # ACP: `ahead` (its session was opened before it came) or `new`; headless: `-`
     handed_at: float | None  # time.perf_counter() when the CLI was given the request
 
     @property

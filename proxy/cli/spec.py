@@ -138,12 +138,14 @@ class AnswerShape:
                    max_output_tokens=conversation.generation.max_output_tokens)
 
     def client_call(self, name: Any, arguments: Any, calls: list[ToolCall]) -> ToolCall | None:
-        """A call the CLI reported, as the client's call; None for a tool that is not the client's,
-        or a call beyond the first when the client wants one at a time."""
+        """A call the CLI reported, as the client's call, added to the turn's `calls`; None for a
+        tool that is not the client's, or a call beyond the first when the client wants one at a time."""
         client_name = self.tool_names.get(str(name))
         if client_name is None or (calls and not self.parallel_tool_calls):
             return None
         arguments = dict(arguments) if isinstance(arguments, dict) else {}
         if client_name not in self.own_wait_for_previous:
             arguments.pop(CLI_ADDED_ARGUMENT, None)
-        return ToolCall(id=f"call_{secrets.token_hex(12)}", name=client_name, arguments=json_text(arguments))
+        call = ToolCall(id=f"call_{secrets.token_hex(12)}", name=client_name, arguments=json_text(arguments))
+        calls.append(call)
+        return call

@@ -40,6 +40,7 @@ class RequestTiming:
     outcome: str = "ok"
     exit_code: int | None = None
     cli_pid: int | None = None  # the gemini process that answered (shared by many requests, pooled)
+    session: str = "-"  # ACP: `ahead` (a session opened before the request came) or `new`
     emitted: bool = False
 
     def token(self) -> None:
@@ -105,7 +106,7 @@ class RequestTiming:
             "ttft_ms": self.ttft_ms, "cli_ttft_ms": self.cli_ttft_ms, "total_ms": self.total_ms,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "tokens_per_s": self.tokens_per_s,
-            "exit_code": self.exit_code, "cli_pid": self.cli_pid,
+            "exit_code": self.exit_code, "cli_pid": self.cli_pid, "session": self.session,
         }
         return "chat " + " ".join(f"{key}={fmt(value)}" for key, value in fields.items())
 
