@@ -241,6 +241,20 @@ def test_isolation_process_gives_every_request_a_process_of_its_own():
     assert_nothing_left(server)
 
 
+def test_isolation_process_serves_more_streams_than_processes():
+    """PROXY_ISOLATION=process, PROXY_POOL_MAX=2, 8 streams at once: the 6 that find no room wait for
+    a process to end and then run; every stream is whole, and the worker keeps answering (a waiter
+    that spun on a closed process once blocked it until gunicorn killed it)."""
+    with pool_server({"PROXY_ISOLATION": "process", "PROXY_POOL_MAX": "2", "PROXY_QUEUE_TIMEOUT": "60"}) as server:
+        chat(server, "FAKE:echo warm")
+        with ThreadPoolExecutor(8) as executor:
+            answers = list(executor.map(lambda i: chat(server, f"FAKE:echo stream {i}", timeout=60)[0], range(8)))
+        assert all(answer.endswith(f"stream {i}") for i, answer in enumerate(answers)), answers
+        assert requests.get(server.base_url + "/healthz", timeout=5).status_code == 200
+        assert "WORKER TIMEOUT" not in server.log() and server.log().count("Booting worker") == 1
+    assert_nothing_left(server)
+
+
 def test_an_unused_tenant_keeps_nothing_and_shutdown_leaves_nothing():
     server = pool_server({"PROXY_POOL_MAX_IDLE": "3"})
     with server:

@@ -218,7 +218,9 @@ class ProcessPool:
     def reclaim(self) -> bool:
         """RunLimiter reclaimer: close the least recently used idle process so a request gets its slot."""
         with self._cond:
-            idle = [p for p in self._processes if not p.active and p.ready.is_set()]
+            # Not one already closed (it stays listed until the upkeep removes it): picking it again
+            # would "reclaim" forever without yielding, and block the worker.
+            idle = [p for p in self._processes if not p.active and p.ready.is_set() and not p.exited]
             if not idle:
                 return False
             oldest = min(idle, key=lambda p: p.last_used)
