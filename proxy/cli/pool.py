@@ -61,7 +61,7 @@ DEFAULT_STARTUP = 1.5  # seconds a start-up is assumed to take until one has bee
 # CPUs first; the stock is refilled once they are going.
 REFILL_DELAY = 0.5
 REPLACE_AHEAD = 5  # requests before PROXY_PROCESS_MAX_REQUESTS at which a replacement starts
-MAX_AHEADS = 4  # sessions a process keeps opened ahead, all specs together
+MAX_AHEADS = 6  # sessions a process keeps opened ahead, all specs together (4 crowded out Open WebUI's third task)
 AHEAD_BURST = 3  # the most sessions opened ahead for one spec (Open WebUI sends three tasks at once)
 AHEAD_WINDOW = 0.05  # seconds within which arrivals of one spec count as arriving at once
 TRACKED_SPECS = 8  # specs of a tenant whose arrivals are remembered
