@@ -101,8 +101,8 @@ def request(port: int, body: dict, stream: bool, marker: bytes = b'"content":"')
         conn.close()
 
 
-def intact(port: int, body: dict) -> tuple[str, bool]:
-    """(request id, whether the stream carried the whole answer and ended properly)."""
+def intact(port: int, body: dict) -> tuple[str, bool, int]:
+    """(request id, whether the stream carried the whole answer and ended properly, HTTP status)."""
     request_id = f"bench-{secrets.token_hex(6)}"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
@@ -114,7 +114,7 @@ def intact(port: int, body: dict) -> tuple[str, bool]:
             if line.startswith(b"data: {"):
                 for choice in json.loads(line[6:]).get("choices", []):
                     text.append(choice.get("delta", {}).get("content") or "")
-        return request_id, response.status == 200 and "".join(text) == "Hello from the mock!"
+        return request_id, response.status == 200 and "".join(text) == "Hello from the mock!", response.status
     finally:
         conn.close()
 
@@ -201,7 +201,7 @@ def agent_loop(port: int, turns: int = 10) -> list[tuple[str, float]]:
 
 
 def burst(server: ProxyServer, n: int = 100) -> dict:
-    results: list[tuple[str, bool]] = []
+    results: list[tuple[str, bool, int]] = []
     threads = [threading.Thread(target=lambda i=i: results.append(intact(server.port, chat_body(None, f"Burst {i}."))))
                for i in range(n)]
     started = time.perf_counter()
@@ -212,9 +212,11 @@ def burst(server: ProxyServer, n: int = 100) -> dict:
     wall = time.perf_counter() - started
     mb = warm_mb(server)
     fields = log_fields(server)
-    pids = {fields.get(request_id, {}).get("cli_pid") for request_id, _ in results}
-    return {"ok": sum(1 for _, ok in results if ok), "n": n, "wall_s": wall, "processes": len(pids - {None, "-"}),
-            "pss_mb": mb}
+    pids = {fields.get(request_id, {}).get("cli_pid") for request_id, _, _ in results}
+    statuses = sorted({status for _, ok, status in results if not ok})
+    return {"ok": sum(1 for _, ok, _ in results if ok), "n": n, "wall_s": wall, "processes": len(pids - {None, "-"}),
+            "pss_mb": mb, "others": {status: sum(1 for _, ok, st in results if not ok and st == status)
+                                     for status in statuses}}
 
 
 def pool_state(server: ProxyServer) -> dict:
@@ -302,7 +304,8 @@ def run(only: str | None = None) -> dict:
               "p90 <= 200)")
         b = s["burst"]
         print(f"  100 concurrent streams: {b['ok']}/{b['n']} intact in {b['wall_s']:.1f} s, {b['processes']} CLI "
-              f"processes, {b['pss_mb']:.0f} MB PSS after")
+              f"processes, {b['pss_mb']:.0f} MB PSS after"
+              + "".join(f"; {count} got HTTP {status}" for status, count in b["others"].items()))
         if s["overhead"]:
             print(f"  proxy's own cost on warm hits (client TTFT - CLI's own TTFT): median "
                   f"{median(s['overhead']):.1f} ms, p90 {pct(s['overhead'], 90):.1f} ms, n={len(s['overhead'])}   "
