@@ -149,6 +149,12 @@ def _proc_kb(path: str, field: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time one process has used so far (0 if gone)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
 def rss_kb(pid: int) -> int:
     """VmRSS of one process, in kB (0 if gone)."""
     return _proc_kb(f"/proc/{pid}/status", "VmRSS")

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py        # after bin/test has set up .venv and node_modules
 
-warm_traffic prints its own scenario table (it has more figures than one row each).
+warm_traffic and sessions print their own tables (they have more figures than one row each).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import concurrency
 import memory
 import overhead
 import request_overhead
+import sessions
 import tool_calls
 import ttft
 import warm_traffic
@@ -25,6 +26,7 @@ import warm_traffic
 def main() -> int:
     results: dict[str, dict | str] = {}
     for name, bench in (("ttft", ttft.run), ("tool_calls", tool_calls.run), ("warm_traffic", warm_traffic.run),
+                        ("sessions", sessions.run),
                         ("overhead", overhead.run), ("concurrency", concurrency.run),
                         ("memory", memory.run), ("request_overhead", request_overhead.run)):
         try:
@@ -37,6 +39,10 @@ def main() -> int:
         value = results.get(name)
         return fmt.format(value[key]) if isinstance(value, dict) and value.get(key) is not None else "n/a"
 
+    def level(name: str, n: int, key: str) -> str:
+        value = results.get(name)
+        return f"{value[n][key]:.0f}" if isinstance(value, dict) and n in value else "n/a"
+
     rows = [
         ("TTFT cold, real CLI (pool off), median / p90", f"{get('ttft', 'cold_median_ms', '{:.0f}')} / "
          f"{get('ttft', 'cold_p90_ms', '{:.0f}')} ms", ""),
@@ -47,6 +53,8 @@ def main() -> int:
          f"{get('ttft', 'warm_no_gap_median_ms', '{:.0f}')} ms", ""),
         ("first tool-call chunk, cold / warm (medians)", f"{get('tool_calls', 'cold_first_ms', '{:.0f}')} / "
          f"{get('tool_calls', 'warm_first_ms', '{:.0f}')} ms", ""),
+        ("8 sessions at once on one process: TTFT median / CLI CPU per request",
+         f"{level('sessions', 8, 'ttft_median_ms')} / {level('sessions', 8, 'cpu_ms_per_request')} ms", ""),
         ("proxy overhead to first token (stand-in, cold spawn)", f"{get('overhead', 'overhead_ms')} ms", "< 5 ms"),
         ("  through proxy / stand-in directly, medians", f"{get('overhead', 'proxy_median_ms')} / "
          f"{get('overhead', 'direct_median_ms')} ms", ""),
