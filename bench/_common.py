@@ -78,6 +78,16 @@ def stream_chat(port: int, body: bytes, timeout: float = 60) -> tuple[float, str
         conn.close()
 
 
+def pool_state(port: int) -> dict:
+    """The pool's state in /readyz of the worker that answered (`{}` with the pool off)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/readyz")
+        return json.loads(conn.getresponse().read()).get("pool") or {}
+    finally:
+        conn.close()
+
+
 # -- /proc ------------------------------------------------------------------------------
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -13,25 +13,18 @@ session on one thread, so what a session costs it decides how many can share a p
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import threading
 import time
 
-from _common import chat_body, cpu_seconds, header, median, need_real_cli, pct, pss_kb, stream_chat
+from _common import chat_body, cpu_seconds, header, median, need_real_cli, pct, pool_state, pss_kb, stream_chat
 
 from tests.mock_gemini_api import MockGeminiApi
 from tests.proxy_server import REAL_GEMINI, ProxyServer
 
 
 def cli_pid(port: int) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/readyz")
-        detail = json.loads(conn.getresponse().read())["pool"]["detail"]
-    finally:
-        conn.close()
-    pids = [d["pid"] for d in detail if d["pid"]]
+    """The pid of the pool's one gemini process."""
+    pids = [d["pid"] for d in pool_state(port).get("detail", []) if d["pid"]]
     if len(pids) != 1:
         raise RuntimeError(f"expected one gemini process, found {pids}")
     return pids[0]

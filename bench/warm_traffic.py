@@ -36,7 +36,7 @@ import secrets
 import threading
 import time
 
-from _common import descendants, header, median, need_real_cli, pct, pss_kb, wait_for, worker_pid
+from _common import descendants, header, median, need_real_cli, pct, pool_state, pss_kb, wait_for, worker_pid
 
 from tests.mock_gemini_api import MockGeminiApi, contents_text, declared_tools, function_call, model_turn
 from tests.proxy_server import REAL_GEMINI, ProxyServer
@@ -219,15 +219,6 @@ def burst(server: ProxyServer, n: int = 100) -> dict:
                                      for status in statuses}}
 
 
-def pool_state(server: ProxyServer) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        conn.request("GET", "/readyz")
-        return json.loads(conn.getresponse().read()).get("pool") or {}
-    finally:
-        conn.close()
-
-
 def warm_mb(server: ProxyServer) -> float:
     """PSS of every process under the worker (the gemini CLIs and their MCP tool servers)."""
     worker = worker_pid(server.proc.pid)
@@ -257,15 +248,15 @@ def run(only: str | None = None) -> dict:
                 time.sleep(5)
                 second = back_to_back(port)
                 s["b2b_first"], s["b2b"] = [t * 1000 for _, t in first], [t * 1000 for _, t in second]
-                s["idle_after_b2b"] = (pool_state(server), warm_mb(server))
+                s["idle_after_b2b"] = (pool_state(server.port), warm_mb(server))
                 time.sleep(3)
                 many = clients(port)
                 s["clients"] = [t * 1000 for _, t in many]
                 time.sleep(3)
-                s["idle_after_clients"] = (pool_state(server), warm_mb(server))
+                s["idle_after_clients"] = (pool_state(server.port), warm_mb(server))
                 rounds = openwebui(port)
                 s["owui"] = [[t * 1000 for _, t in rnd] for rnd in rounds]
-                s["idle_after_owui"] = (pool_state(server), warm_mb(server))
+                s["idle_after_owui"] = (pool_state(server.port), warm_mb(server))
                 agent_loop(port, 3)  # the agent's system prompt and tools are new here: a first loop
                 time.sleep(3)
                 turns = agent_loop(port)
@@ -273,7 +264,7 @@ def run(only: str | None = None) -> dict:
                 time.sleep(3)
                 s["burst"] = burst(server)
                 time.sleep(3)
-                s["idle_after_burst"] = (pool_state(server), warm_mb(server))
+                s["idle_after_burst"] = (pool_state(server.port), warm_mb(server))
                 fields = log_fields(server)
                 overheads = []
                 for request_id, seconds in second + many + [x for rnd in rounds for x in rnd[:1]]:
@@ -284,8 +275,8 @@ def run(only: str | None = None) -> dict:
                 s["hits"] = sum(1 for f in fields.values() if f.get("pool") == "hit")
                 s["requests"] = len(fields)
                 s["processes"] = len({f.get("cli_pid") for f in fields.values()} - {None, "-"})
-                wait_for(lambda srv=server: pool_state(srv).get("processes", 1) == 0, 45, 0.5)
-                s["idle_after_max_idle"] = (pool_state(server), warm_mb(server))
+                wait_for(lambda srv=server: pool_state(srv.port).get("processes", 1) == 0, 45, 0.5)
+                s["idle_after_max_idle"] = (pool_state(server.port), warm_mb(server))
                 summary[mode] = s
     header("Warm answers for real traffic: real CLI + loopback mock, 1 gevent worker, pool defaults "
            "(PROXY_POOL_SIZE=1, PROXY_POOL_MAX=8), PROXY_ISOLATION=session side by side with =process")
