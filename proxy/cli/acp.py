@@ -168,9 +168,14 @@ class AcpProcess:
         return (not self.exited and self.retire_reason is None and not self.cli.closed
                 and len(self.active) < self.max_sessions and self.served < self.max_requests)
 
-    def _first_switch(self) -> str | None:
-        """The system prompt of the first session waiting to switch the file (under the lock)."""
-        return next((text for _, text in self._waiting if text != self.system_text), None)
+    def _first_switch(self) -> tuple[int, str] | None:
+        """(ticket, system prompt) of the first session waiting to switch the file (under the lock)."""
+        return next(((ticket, text) for ticket, text in self._waiting if text != self.system_text), None)
+
+    def _held_against(self, text: str, but: AcpSession | None = None) -> bool:
+        """A session other than `but` may still send an API request with a prompt other than
+        `text` (under the lock): the file cannot be switched to `text` yet."""
+        return any(s.spec.system_text != text for s in self.unsent if s is not but)
 
     def fits_now(self, system_text: str) -> bool:
         """A session with this system prompt could be opened without waiting for the process's
@@ -182,9 +187,8 @@ class AcpProcess:
     def _fits(self, system_text: str) -> bool:
         switch = self._first_switch()
         if switch is not None:
-            return switch == system_text
-        return system_text == self.system_text or not any(
-            s.spec.system_text != system_text for s in self.unsent)
+            return switch[1] == system_text
+        return system_text == self.system_text or not self._held_against(system_text)
 
     def retire(self, reason: str) -> None:
         """Take no more sessions; the pool closes the process once its sessions have ended."""
@@ -257,7 +261,8 @@ class AcpProcess:
                 while not self._reread(text):
                     if self.exited or session.cancelled or time.monotonic() >= deadline:
                         return False
-                    coming = (self._first_switch() == text or self._rereading is not None
+                    switch = self._first_switch()
+                    coming = ((switch is not None and switch[1] == text) or self._rereading is not None
                               or (self.opening and self.system_text == text))
                     if not coming:
                         self._rereading = text  # the others wait for this one
@@ -354,13 +359,13 @@ class AcpProcess:
                 while True:
                     if session.cancelled or self.exited:
                         return None, "abandoned"
-                    switcher = next((t for t, x in self._waiting if x != self.system_text), None)
-                    if text == self.system_text and (switcher is None or switcher > ticket):
+                    switch = self._first_switch()
+                    if text == self.system_text and (switch is None or switch[0] > ticket):
                         break
                     # Sessions that want this same prompt (opened ahead, waiting for it) do not hold
                     # the switch back.
-                    holding = any(s.spec.system_text != text for s in self.unsent if s is not session)
-                    if text != self.system_text and switcher == ticket and not holding:
+                    if text != self.system_text and switch is not None and switch[0] == ticket \
+                            and not self._held_against(text, but=session):
                         # Sessions opened ahead for another prompt stay: they re-read the file at the
                         # next `session/new`, and are valid again whenever the process holds theirs.
                         write_atomically(self.cli.system_file, text)
